@@ -1,0 +1,42 @@
+# Thin wrappers: every stage is `distill <stage> --config <recipe>`; CONFIG picks the recipe.
+VENV    ?= .venv
+DISTILL := $(VENV)/bin/distill
+CONFIG  ?= eval/demo.yaml
+ARGS    ?=
+STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
+STAGES  := problems tokenizer init traces filter sft eval report
+
+.PHONY: install demo test bench clean $(STAGES)
+
+install:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	@$(DISTILL) --help > /dev/null && echo "installed: $(DISTILL)"
+
+$(STAGES):
+	$(DISTILL) $@ --config $(CONFIG) $(ARGS)
+
+# The whole pipeline on the embedded default, CPU only, nothing downloaded.
+demo:
+	$(DISTILL) problems  --config eval/demo.yaml
+	$(DISTILL) tokenizer --config eval/demo.yaml
+	$(DISTILL) traces    --config teachers/solver.yaml   # reference solver: the teacher's cold start
+	$(DISTILL) filter    --config teachers/solver.yaml
+	$(DISTILL) init      --config teachers/demo.yaml
+	$(DISTILL) sft       --config teachers/demo.yaml     # the teacher learns to think
+	$(DISTILL) traces    --config teachers/demo.yaml     # the teacher samples n traces per problem
+	$(DISTILL) filter    --config teachers/demo.yaml
+	for s in $(STUDENTS); do $(DISTILL) init --config $$s && $(DISTILL) sft --config $$s || exit 1; done
+	$(DISTILL) eval      --config eval/demo.yaml
+	$(DISTILL) report    --config eval/demo.yaml
+	@echo "open runs/demo/report.md"
+
+test:
+	$(VENV)/bin/python -m pytest -q
+
+bench:
+	$(VENV)/bin/python bench/sft_throughput.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,59 @@
+"""`distill <stage> --config recipe.yaml [key=value ...]`: a thin entry point over each stage's run(cfg)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import os
+import sys
+
+from distill.artifacts import UserError
+
+# stage -> (module, config class). Each module has one public `run(cfg) -> Path`.
+STAGES = {
+    "problems": ("distill.problems", "ProblemsConfig"),
+    "tokenizer": ("distill.tokenizer", "TokenizerConfig"),
+    "init": ("distill.init", "InitConfig"),
+    "traces": ("distill.traces", "TracesConfig"),
+    "filter": ("distill.filter", "FilterConfig"),
+    "sft": ("distill.sft", "SftConfig"),
+    "eval": ("distill.eval", "EvalConfig"),
+    "report": ("distill.report", "ReportConfig"),
+}
+
+
+def _config_class(stage: str):
+    module, cls = STAGES[stage]
+    return getattr(importlib.import_module(module), cls)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__)
+    parser.add_argument("stage", choices=sorted(STAGES), help="pipeline stage to run")
+    parser.add_argument("--config", help="recipe YAML (teachers/, students/, eval/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key of the stage")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=os.environ.get("DISTILL_LOG", "INFO"), format="%(levelname)s %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from distill.config import build, load_recipe, parse_overrides
+
+    try:
+        recipe = load_recipe(args.config)
+        all_fields = {f.name for s in STAGES for f in dataclasses.fields(_config_class(s))}
+        cfg = build(_config_class(args.stage), args.stage, recipe, parse_overrides(args.overrides),
+                    args.config or "defaults", set(STAGES), all_fields)
+        importlib.import_module(STAGES[args.stage][0]).run(cfg)
+    except UserError as e:
+        print(f"distill {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"distill {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

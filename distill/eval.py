@@ -1,0 +1,233 @@
+"""Stage `eval`: the teacher and every student on held-out problems, across thinking budgets.
+
+Budget forcing (s1): a sample's thinking is capped at B tokens; if the model has not closed it by then we
+close it (`</think>`), add the answer cue and generate the answer. Each sample's thinking is generated once
+at the largest budget and cut at each smaller B: a thinking capped at B is exactly the first B tokens of
+an uncapped one, so this equals separate runs per budget (budgets share their samples, which makes the
+curve's steps less noisy) at a fraction of the cost. Each cut gets its own forced answer.
+
+Serving cost is measured in the same run, per model: generated tokens/s, latency per answer (p50/p95,
+batched at `batch_size`), peak memory, parameter count, FLOPs per problem (2 x params x tokens) and cost
+per correct answer (measured seconds x `price_per_hour`).
+Output: runs/<run>/eval/{results.json, results.csv, samples.jsonl, accuracy_vs_thinking.png,
+accuracy_vs_cost.png}.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill import generate as G
+from distill import verify
+from distill.artifacts import (Fallbacks, UserError, atomic_write_json, atomic_write_text, finish, read_jsonl,
+                               stage_dir, staging, write_jsonl)
+from distill.config import check_positive
+
+
+@dataclass
+class EvalConfig:
+    run: str = "demo"
+    runs_dir: str = "runs"
+    problems: str = ""  # default: runs/<run>/problems/eval.jsonl (held out)
+    models: list[dict] = field(default_factory=list)  # [{name, role: teacher|student, path}]
+    budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
+    n: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    answer_cue: str = "Final answer:"
+    max_answer_tokens: int = 32
+    batch_size: int = 64
+    price_per_hour: float = 0.10  # $ per hour of the machine the models are served on
+    limit: int = 0  # use only the first `limit` problems (0: all)
+    seed: int = 0
+    threads: int = 0
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        check_positive("budgets", self.budgets)
+        self.budgets = sorted(set(self.budgets))
+        check_positive("n", self.n)
+        check_positive("batch_size", self.batch_size)
+        if not self.models:
+            raise ValueError("models is empty: list {name, role, path} for the teacher and the students")
+        names = [m.get("name") for m in self.models]
+        for m in self.models:
+            if set(m) != {"name", "role", "path"} or m["role"] not in ("teacher", "student"):
+                raise ValueError(f"each model needs exactly name, role (teacher|student), path; got {m}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique: {names}")
+
+
+class PeakMemory:
+    """Peak resident memory above the baseline while the block runs (sampled; CUDA: the allocator's peak)."""
+
+    def __enter__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak - self.base) / 2**20
+
+
+def _generate_all(cfg: EvalConfig, model, tok, problems: list[dict]):
+    """Thinking at the largest budget, the natural answers, then one forced answer per (sample, cut)."""
+    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
+    prompts = [G.think_prompt(tok, p["problem"]) for p in problems for _ in range(cfg.n)]
+    results = G.think_and_answer(model, tok, prompts, max_thinking=cfg.budgets[-1],
+                                 max_answer=cfg.max_answer_tokens, seed=cfg.seed, desc="eval", **gen_kw)
+    thinking = [t.ids[:-1] if t.stopped else t.ids for t, _ in results]
+    natural = [ans is not None for _, ans in results]  # closed its thinking itself
+    # one forced answer per distinct cut: a thinking shorter than b that never closed is cut at its length
+    cuts = sorted({(i, min(len(thinking[i]), b)) for i in range(len(prompts)) for b in cfg.budgets
+                   if not (natural[i] and len(thinking[i]) <= b)})
+    forced = G.forced_answers(model, tok, [prompts[i] for i, _ in cuts], [thinking[i][:b] for i, b in cuts],
+                              cfg.answer_cue, max_answer=cfg.max_answer_tokens, seed=cfg.seed + 1, desc="forced",
+                              **gen_kw)
+    return prompts, results, thinking, natural, dict(zip(cuts, forced))
+
+
+def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok):
+    """Per-sample rows for every budget, graded."""
+    rows = []
+    for i, (think, ans) in enumerate(results):
+        p, k = problems[i // cfg.n], i % cfg.n
+        for b in cfg.budgets:
+            used = min(len(thinking[i]), b)
+            gen = ans if natural[i] and len(thinking[i]) <= b else forced[(i, used)]
+            was_forced = gen is not ans
+            text = (cfg.answer_cue + " " if was_forced else "") + G.decode(tok, gen.ids)
+            seconds = think.seconds + gen.seconds
+            rows.append({"model": name, "problem_id": p["id"], "task": p.get("task"), "level": p.get("level"),
+                         "sample": k, "budget": b, "thinking_tokens": used, "forced": was_forced,
+                         "within_budget": natural[i] and len(thinking[i]) <= b, "answer": text,
+                         "answer_tokens": len(gen.ids), "prompt_tokens": len(prompts[i]), "latency_s": seconds,
+                         "correct": verify.is_correct(p, text)})
+    return rows
+
+
+def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dict:
+    s_per_token = gen_seconds / max(gen_tokens, 1)
+    budgets = []
+    for b in cfg.budgets:
+        rb = [r for r in rows if r["budget"] == b]
+        per_sample = [statistics.mean(r["correct"] for r in rb if r["sample"] == k) for k in range(cfg.n)]
+        tokens = sum(r["thinking_tokens"] + r["answer_tokens"] for r in rb)
+        correct = sum(r["correct"] for r in rb)
+        dollars = tokens * s_per_token * cfg.price_per_hour / 3600
+        budgets.append({"budget": b, "accuracy": statistics.mean(per_sample),
+                        "accuracy_std": statistics.pstdev(per_sample) if cfg.n > 1 else 0.0,
+                        "mean_thinking_tokens": statistics.mean(r["thinking_tokens"] for r in rb),
+                        "control": statistics.mean(r["within_budget"] for r in rb),
+                        "tokens_per_sample": tokens / len(rb),
+                        "cost_per_correct": dollars / correct if correct else None})
+    top = [r for r in rows if r["budget"] == cfg.budgets[-1]]
+    lat = sorted(r["latency_s"] for r in top)
+    by_task = {}
+    for r in top:
+        by_task.setdefault(f"{r['task']}/L{r['level']}", []).append(r["correct"])
+    return {"name": spec["name"], "role": spec["role"], "path": spec["path"], "params": params,
+            "budgets": budgets,
+            "accuracy_by_task_level": {k: statistics.mean(v) for k, v in sorted(by_task.items())},
+            "cost": {"tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
+                     "latency_p50_s": lat[len(lat) // 2], "latency_p95_s": lat[min(len(lat) - 1,
+                                                                                     int(0.95 * len(lat)))],
+                     "peak_mem_mb": peak_mb,
+                     "flops_per_problem": 2 * params * statistics.mean(
+                         r["prompt_tokens"] + r["thinking_tokens"] + r["answer_tokens"] for r in top),
+                     "cost_per_correct": budgets[-1]["cost_per_correct"],
+                     "price_per_hour": cfg.price_per_hour}}
+
+
+def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
+    with PeakMemory() as mem:
+        model, tok = G.load(spec["path"], cfg.dtype, cfg.attn_implementation, fallbacks)
+        started = time.perf_counter()
+        prompts, results, thinking, natural, forced = _generate_all(cfg, model, tok, problems)
+        gen_seconds = time.perf_counter() - started
+    params = sum(p.numel() for p in model.parameters())
+    gen_tokens = sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results) + sum(
+        len(g.ids) for g in forced.values())
+    rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, tok)
+    return _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, mem.mb), rows
+
+
+def _csv(models: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "role", "params", "budget", "accuracy", "accuracy_std", "mean_thinking_tokens",
+                "control", "cost_per_correct"])
+    for m in models:
+        for b in m["budgets"]:
+            w.writerow([m["name"], m["role"], m["params"], b["budget"], f"{b['accuracy']:.4f}",
+                        f"{b['accuracy_std']:.4f}", f"{b['mean_thinking_tokens']:.2f}", f"{b['control']:.4f}",
+                        "" if b["cost_per_correct"] is None else f"{b['cost_per_correct']:.3e}"])
+    return buf.getvalue()
+
+
+def run(cfg: EvalConfig) -> Path:
+    from tqdm.auto import tqdm
+
+    from distill import plots
+
+    started = time.time()
+    src = Path(cfg.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "eval.jsonl")
+    problems = read_jsonl(src, required=("id", "problem", "answer"))
+    problems = problems[:cfg.limit] if cfg.limit else problems
+    if not problems:
+        raise UserError(f"{src}: no problems to evaluate")
+    for spec in cfg.models:
+        if not Path(spec["path"]).is_dir() and spec["path"].startswith((".", "/", "runs/")):
+            raise UserError(f"eval: model {spec['name']!r} not found at {spec['path']}")
+    G.set_threads(cfg.threads)
+    fallbacks, models, samples = Fallbacks(), [], []
+    for spec in tqdm(cfg.models, desc="models", unit="model"):
+        summary, rows = _eval_model(cfg, spec, problems, fallbacks)
+        models.append(summary)
+        samples += rows
+        top = summary["budgets"][-1]
+        print(f"eval: {spec['name']}: accuracy {top['accuracy']:.3f} at budget {top['budget']}, "
+              f"{summary['cost']['tokens_per_s']:.0f} tokens/s")
+    out = stage_dir(cfg.runs_dir, cfg.run, "eval")
+    results = {"problems": str(src), "n_problems": len(problems), "n": cfg.n, "budgets": cfg.budgets,
+               "temperature": cfg.temperature, "models": models}
+    with staging(out) as tmp:
+        atomic_write_json(tmp / "results.json", results)
+        atomic_write_text(tmp / "results.csv", _csv(models))
+        write_jsonl(tmp / "samples.jsonl", samples)
+        plots.accuracy_vs_thinking(models, tmp / "accuracy_vs_thinking.png")
+        plots.accuracy_vs_cost(models, tmp / "accuracy_vs_cost.png")
+        inputs = {"problems": src} | {m["name"]: Path(m["path"]) for m in cfg.models if Path(m["path"]).is_dir()}
+        finish(tmp, "eval", cfg, inputs, {"problems": len(problems), "samples": len(samples)}, started,
+               fallbacks=fallbacks.items)
+    print(f"eval: {len(cfg.models)} models x {len(problems)} problems x {cfg.n} samples x "
+          f"{len(cfg.budgets)} budgets -> {out}")
+    return out

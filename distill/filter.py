@@ -1,0 +1,125 @@
+"""Stage `filter`: score every trace and keep the good ones as an SFT dataset.
+
+Drops, in this order: truncated (thinking never closed, or the answer hit its token limit), wrong (the
+checker says so), over-long (thinking above `max_thinking_tokens`), duplicate (same thinking and answer as
+a kept sample of the same problem), surplus (more than `keep_per_problem`). Writes train.jsonl as chat
+`messages` (the assistant turn is "<think>\\n…\\n</think>\\n" + answer, loadable with `datasets` and
+trainable by TRL as it is) and stats.json. Output: runs/<run>/filter/<name>/.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distill import verify
+from distill.artifacts import UserError, atomic_write_json, finish, read_jsonl, stage_dir, staging, write_jsonl
+from distill.config import check_literals, check_positive
+
+REASONS = ("truncated", "wrong", "overlong", "duplicate", "surplus")
+
+
+@dataclass
+class FilterConfig:
+    run: str = "demo"
+    runs_dir: str = "runs"
+    name: str = "teacher"
+    traces: str = ""  # default: runs/<run>/traces/<name>/traces.jsonl
+    problems: str = ""  # default: runs/<run>/problems/train.jsonl
+    keep_per_problem: int = 2
+    max_thinking_tokens: int = 4096
+    select: Literal["random", "shortest"] = "random"
+    seed: int = 0
+
+    def __post_init__(self):
+        check_literals(self)
+        check_positive("keep_per_problem", self.keep_per_problem)
+        check_positive("max_thinking_tokens", self.max_thinking_tokens)
+
+
+def assistant_text(thinking: str, answer: str) -> str:
+    return f"<think>\n{thinking}\n</think>\n{answer}"
+
+
+def _verdict(cfg, r: dict, problem: dict) -> str | None:
+    if r["finish_reason"] != "stop" or not r["answer"]:
+        return "truncated"
+    if not verify.is_correct(problem, r["answer"]):
+        return "wrong"
+    if r["thinking_tokens"] > cfg.max_thinking_tokens:
+        return "overlong"
+    return None
+
+
+def _histogram(values: list[int], bins: int = 10) -> dict:
+    if not values:
+        return {"edges": [], "counts": []}
+    lo, hi = min(values), max(values) + 1
+    width = max(1, -(-(hi - lo) // bins))
+    counts = Counter((v - lo) // width for v in values)
+    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": [counts.get(i, 0) for i in range(bins)]}
+
+
+def run(cfg: FilterConfig) -> Path:
+    started = time.time()
+    tr_path = Path(cfg.traces or stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name) / "traces.jsonl")
+    pr_path = Path(cfg.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "train.jsonl")
+    traces = read_jsonl(tr_path, required=("problem_id", "sample", "thinking", "answer", "finish_reason",
+                                           "thinking_tokens"))
+    problems = {p["id"]: p for p in read_jsonl(pr_path, required=("id", "problem", "answer"))}
+    if not traces:
+        raise UserError(f"{tr_path}: no traces to filter")
+    orphans = [r["problem_id"] for r in traces if r["problem_id"] not in problems]
+    if orphans:
+        raise UserError(f"{tr_path}: problem {orphans[0]!r} is not in {pr_path} ({len(orphans)} such samples)")
+
+    dropped, by_problem = Counter(), {}
+    for r in traces:
+        reason = _verdict(cfg, r, problems[r["problem_id"]])
+        if reason:
+            dropped[reason] += 1
+        else:
+            by_problem.setdefault(r["problem_id"], []).append(r)
+    rng, kept = random.Random(cfg.seed), []
+    for pid, rows in by_problem.items():
+        seen, unique = set(), []
+        for r in rows:
+            key = (r["thinking"], r["answer"])
+            dropped["duplicate"] += key in seen
+            if key not in seen:
+                seen.add(key)
+                unique.append(r)
+        unique = sorted(unique, key=lambda r: r["thinking_tokens"]) if cfg.select == "shortest" else \
+            rng.sample(unique, len(unique))
+        dropped["surplus"] += max(0, len(unique) - cfg.keep_per_problem)
+        kept += unique[:cfg.keep_per_problem]
+    if not kept:
+        raise UserError(f"{tr_path}: every sample was dropped ({dict(dropped)}); nothing to train on")
+
+    rank = {pid: i for i, pid in enumerate(problems)}
+    kept.sort(key=lambda r: (rank[r["problem_id"]], r["sample"]))
+    rows = [{"messages": [{"role": "user", "content": problems[r["problem_id"]]["problem"]},
+                          {"role": "assistant", "content": assistant_text(r["thinking"], r["answer"])}]}
+            for r in kept]
+    traced = {r["problem_id"] for r in traces}
+    per_problem = Counter(r["problem_id"] for r in kept)
+    stats = {
+        "samples": len(traces), "problems": len(traced), "kept": len(kept),
+        "dropped": {k: dropped.get(k, 0) for k in REASONS},
+        "correct_rate": round(1 - (dropped["truncated"] + dropped["wrong"]) / len(traces), 4),
+        "problems_with_a_kept_sample": len(per_problem),
+        "yield_per_problem": dict(sorted(Counter(per_problem.get(p, 0) for p in traced).items())),
+        "kept_thinking_tokens": _histogram([r["thinking_tokens"] for r in kept]),
+    }
+    out = stage_dir(cfg.runs_dir, cfg.run, "filter", cfg.name)
+    with staging(out) as tmp:
+        write_jsonl(tmp / "train.jsonl", rows)
+        atomic_write_json(tmp / "stats.json", stats)
+        finish(tmp, "filter", cfg, {"traces": tr_path, "problems": pr_path},
+               {"samples": len(traces), "kept": len(kept), **stats["dropped"]}, started)
+    print(f"filter: kept {len(kept)} of {len(traces)} samples; dropped {stats['dropped']} -> {out}")
+    return out

@@ -1,0 +1,59 @@
+"""The eval plots: every model on one figure, teacher drawn heavier than the students."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(m: dict) -> str:
+    p = m["params"]
+    size = f"{p / 1e9:.1f}B" if p >= 1e9 else f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.0f}k"
+    return f"{m['name']} ({m['role']}, {size})"
+
+
+def _style(m: dict) -> dict:
+    return {"linewidth": 2.6, "marker": "s", "color": "black"} if m["role"] == "teacher" else \
+        {"linewidth": 1.6, "marker": "o"}
+
+
+def accuracy_vs_thinking(models: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m in models:
+        xs = [b["mean_thinking_tokens"] for b in m["budgets"]]
+        ys = [b["accuracy"] for b in m["budgets"]]
+        ax.errorbar(xs, ys, yerr=[b["accuracy_std"] for b in m["budgets"]], capsize=3, label=_label(m),
+                    **_style(m))
+    ax.set(xscale="log", xlabel="mean thinking tokens used (budget forcing)", ylabel="accuracy (held-out)",
+           ylim=(0, 1.02), title="Accuracy vs thinking budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_vs_cost(models: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m in models:
+        pts = [(b["cost_per_correct"], b["accuracy"]) for b in m["budgets"] if b["cost_per_correct"]]
+        if pts:
+            ax.plot(*zip(*pts), label=_label(m), **_style(m))
+    price = models[0]["cost"]["price_per_hour"] if models else 0
+    ax.set(xscale="log", xlabel=f"cost per correct answer ($, machine at ${price}/h)",
+           ylabel="accuracy (held-out)", ylim=(0, 1.02), title="Accuracy vs serving cost (one point per budget)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,76 @@
+"""Stage `problems`: write the train and held-out eval problem sets as JSONL.
+
+Sources: the built-in procedural tasks (the embedded default) or a local JSONL file with
+`id`, `problem` and `answer` per row. Output: runs/<run>/problems/{train,eval}.jsonl.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from distill import tasks
+from distill.artifacts import UserError, finish, read_jsonl, stage_dir, staging, write_jsonl
+from distill.config import check_literals, check_positive
+
+
+@dataclass
+class ProblemsConfig:
+    run: str = "demo"
+    runs_dir: str = "runs"
+    source: Literal["builtin", "jsonl"] = "builtin"
+    tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    train_per_task: int = 1000
+    eval_per_task: int = 100
+    eval_fraction: float = 0.2  # share of the problem space reserved for eval (by a hash of the text)
+    seed: int = 0
+    train_path: str = ""  # source=jsonl: files with id, problem, answer per row
+    eval_path: str = ""
+
+    def __post_init__(self):
+        check_literals(self)
+        for t in self.tasks:
+            if t not in tasks.FAMILIES:
+                raise ValueError(f"unknown task {t!r} (known: {', '.join(tasks.FAMILIES)})")
+        check_positive("levels", self.levels)
+        check_positive("eval_per_task", self.eval_per_task)
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.source == "jsonl" and not (self.train_path and self.eval_path):
+            raise ValueError("source=jsonl needs train_path and eval_path")
+
+
+def _builtin(cfg: ProblemsConfig, split: str, n: int) -> list[dict]:
+    rows = []
+    for task in cfg.tasks:
+        rows += tasks.generate(task, cfg.levels, n, split, cfg.seed, cfg.eval_fraction)
+    return rows
+
+
+def _local(path: str, split: str) -> list[dict]:
+    rows = read_jsonl(Path(path), required=("id", "problem", "answer"))
+    return [{"task": "math", "level": 0, "source": str(path), **r, "answer": str(r["answer"])} for r in rows]
+
+
+def run(cfg: ProblemsConfig) -> Path:
+    started = time.time()
+    if cfg.source == "builtin":
+        train, held_out = _builtin(cfg, "train", cfg.train_per_task), _builtin(cfg, "eval", cfg.eval_per_task)
+    else:
+        train, held_out = _local(cfg.train_path, "train"), _local(cfg.eval_path, "eval")
+    for name, rows in (("train", train), ("eval", held_out)):
+        if name == "eval" and not rows:
+            raise UserError(f"problems: the {name} set is empty")
+    overlap = {r["problem"] for r in train} & {r["problem"] for r in held_out}
+    if overlap:
+        raise UserError(f"problems: {len(overlap)} eval problems also appear in train, e.g. {min(overlap)!r}")
+    out = stage_dir(cfg.runs_dir, cfg.run, "problems")
+    with staging(out) as tmp:
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "eval.jsonl", held_out)
+        finish(tmp, "problems", cfg, {}, {"train": len(train), "eval": len(held_out)}, started)
+    print(f"problems: {len(train)} train, {len(held_out)} held-out eval -> {out}")
+    return out

@@ -1,0 +1,155 @@
+"""Stage `report`: runs/<run>/report.md, the pipeline's numbers at each stage for a reader who has never
+seen the code: problems, traces, filter, training, the eval table, the serving cost table, the plots, and
+an honest check of the demo's targets. Reads only the other stages' artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.artifacts import UserError, atomic_write_text, finish, read_jsonl, stage_dir
+
+
+@dataclass
+class ReportConfig:
+    run: str = "demo"
+    runs_dir: str = "runs"
+    title: str = "distill report"
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _size(p: int) -> str:
+    return f"{p / 1e9:.1f}B" if p >= 1e9 else f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.0f}k"
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+        ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _data_sections(root: Path) -> list[str]:
+    out = []
+    probs = _load(root / "problems" / "manifest.json")
+    if probs:
+        rows = read_jsonl(root / "problems" / "train.jsonl")
+        tasks = sorted({r.get("task", "?") for r in rows})
+        out += ["## 1. Problems", f"{probs['counts']['train']} training problems and {probs['counts']['eval']} "
+                f"held-out evaluation problems (disjoint by construction), tasks: {', '.join(tasks)}.", ""]
+    traces = sorted((root / "traces").glob("*/manifest.json"))
+    if traces:
+        rows = []
+        for path in traces:
+            m = _load(path)
+            c = m["counts"]
+            rows.append([path.parent.name,
+                         c["problems"], c["samples"], c["finish_reasons"]["stop"], c["finish_reasons"]["length"],
+                         c["thinking_tokens_mean"], m["timings"].get("generate_s")])
+        out += ["## 2. Traces", *_table(["teacher", "problems", "samples", "finished", "truncated",
+                                         "mean thinking tokens", "generation s"], rows), ""]
+    filters = sorted((root / "filter").glob("*/stats.json"))
+    if filters:
+        rows = []
+        for p in filters:
+            s = _load(p)
+            d = s["dropped"]
+            rows.append([p.parent.name, s["samples"], f"{s['correct_rate']:.3f}", s["kept"], d["truncated"],
+                         d["wrong"], d["overlong"], d["duplicate"], d["surplus"],
+                         s["problems_with_a_kept_sample"]])
+        out += ["## 3. Filter", "Samples are checked by the task's own checker; only correct, complete, unique "
+                "traces are kept.", "", *_table(["traces", "samples", "correct rate", "kept", "truncated",
+                                                 "wrong", "over-long", "duplicate", "surplus",
+                                                 "problems kept"], rows), ""]
+    sfts = sorted((root / "sft").glob("*/manifest.json"))
+    if sfts:
+        rows, imgs = [], []
+        for path in sfts:
+            m, d = _load(path), path.parent.name
+            c, t = m["counts"], m["timings"]
+            name = Path(m["inputs"]["data"]["path"]).parent.name
+            rows.append([d, _size(c["params"]), name, c["rows"], c["steps"], f"{c['first_loss']:.3f}",
+                         f"{c['final_loss']:.3f}", f"{t['tokens_per_s']:,.0f}", f"{t['train_s']:.0f}",
+                         m["optimizer"], "; ".join(f"{f['wanted']}→{f['used']}" for f in m["fallbacks"]) or "-"])
+            imgs.append(f"![{d} loss](sft/{d}/loss.png)")
+        out += ["## 4. Training (SFT, loss on assistant tokens only)",
+                *_table(["model", "params", "data", "rows", "steps", "first loss", "final loss", "tokens/s",
+                         "train s", "optimizer", "fallbacks"], rows), "", " ".join(imgs), ""]
+    return out
+
+
+def _eval_sections(res: dict) -> list[str]:
+    models, budgets = res["models"], res["budgets"]
+    acc = [[m["name"], m["role"], _size(m["params"])] +
+           [f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}" for b in m["budgets"]] for m in models]
+    think = [[m["name"]] + [f"{b['mean_thinking_tokens']:.1f} / {b['control']:.2f}" for b in m["budgets"]]
+             for m in models]
+    cost = [[m["name"], _size(m["params"]), f"{m['cost']['tokens_per_s']:,.0f}",
+             f"{m['cost']['latency_p50_s']:.2f}", f"{m['cost']['latency_p95_s']:.2f}",
+             f"{m['cost']['peak_mem_mb']:.0f}", f"{m['cost']['flops_per_problem']:.2e}",
+             "-" if m["cost"]["cost_per_correct"] is None else f"{m['cost']['cost_per_correct']:.2e}"]
+            for m in models]
+    keys = sorted({k for m in models for k in m.get("accuracy_by_task_level", {})})
+    by_task = [[m["name"]] + [f"{m['accuracy_by_task_level'].get(k, 0):.2f}" for k in keys] for m in models]
+    return [
+        "## 5. Evaluation on held-out problems",
+        f"{res['n_problems']} problems, {res['n']} samples each at temperature {res['temperature']}; budget "
+        "forcing caps the thinking at B tokens, then closes it and forces the answer.", "",
+        "Accuracy (mean ± std over samples) by thinking budget B:", "",
+        *_table(["model", "role", "params"] + [f"B={b}" for b in budgets], acc), "",
+        "Mean thinking tokens used / control (share of samples that finished thinking within B):", "",
+        *_table(["model"] + [f"B={b}" for b in budgets], think), "",
+        "![accuracy vs thinking tokens](eval/accuracy_vs_thinking.png)", "",
+        f"Accuracy by task and level at B={budgets[-1]}:", "", *_table(["model"] + keys, by_task), "",
+        "## 6. Serving cost (measured in the same run, batched generation)",
+        *_table(["model", "params", "tokens/s", "latency p50 s", "latency p95 s", "peak memory MB",
+                 "FLOPs/problem", "$ per correct"], cost), "",
+        "![accuracy vs cost](eval/accuracy_vs_cost.png)", ""]
+
+
+def checks(res: dict) -> list[tuple[str, bool, str]]:
+    """The demo's targets, checked on what came out (nothing here feeds back into training)."""
+    models = res["models"]
+    top = {m["name"]: m["budgets"][-1]["accuracy"] for m in models}
+    teacher = next((m for m in models if m["role"] == "teacher"), None)
+    students = sorted((m for m in models if m["role"] == "student"), key=lambda m: m["params"])
+    out = []
+    if teacher:
+        out.append(("teacher accuracy at the largest budget >= 0.7", top[teacher["name"]] >= 0.7,
+                    f"{top[teacher['name']]:.3f}"))
+    for m in models:
+        accs = [b["accuracy"] for b in m["budgets"]]
+        rising = all(b >= a - 1e-9 for a, b in zip(accs, accs[1:])) and accs[-1] > accs[0]
+        out.append((f"{m['name']}: accuracy rises with the budget", rising, " → ".join(f"{a:.2f}" for a in accs)))
+    if len(students) > 1:
+        accs = [top[s["name"]] for s in students]
+        out.append(("accuracy rises with student size", all(b > a for a, b in zip(accs, accs[1:])),
+                    " < ".join(f"{s['name']} {top[s['name']]:.2f}" for s in students)))
+    if teacher and students:
+        ratio = top[students[-1]["name"]] / max(top[teacher["name"]], 1e-9)
+        out.append(("largest student keeps >= 0.8 of the teacher's accuracy", ratio >= 0.8, f"{ratio:.2f}"))
+    return out
+
+
+def run(cfg: ReportConfig) -> Path:
+    started = time.time()
+    root = Path(cfg.runs_dir) / cfg.run
+    res = _load(root / "eval" / "results.json")
+    if res is None:
+        raise UserError(f"report: {root / 'eval' / 'results.json'} not found (run `distill eval` first)")
+    lines = [f"# {cfg.title}", "", f"Run `{cfg.run}`, written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+             " Every number below is read from the stages' artifacts under this folder.", ""]
+    results = checks(res)
+    lines += ["## Summary", *_table(["target", "met", "measured"],
+                                    [[t, "yes" if ok else "**no**", v] for t, ok, v in results]), ""]
+    lines += _data_sections(root) + _eval_sections(res)
+    atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
+    out = stage_dir(cfg.runs_dir, cfg.run, "report")
+    finish(out, "report", cfg, {"results": root / "eval" / "results.json"},
+           {"targets_met": sum(ok for _, ok, _ in results), "targets": len(results)}, started)
+    print(f"report: {sum(ok for _, ok, _ in results)}/{len(results)} targets met -> {root / 'report.md'}")
+    return root / "report.md"

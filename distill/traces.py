@@ -1,0 +1,164 @@
+"""Stage `traces`: a teacher writes `n` chain-of-thought samples per problem.
+
+Backends: `transformers` (batched sampling with KV cache, CPU or GPU) and `solver` (the built-in tasks'
+reference solver: the cold start the demo's teacher is trained on, as R1 had).
+
+One record per sample in runs/<run>/traces/<name>/traces.jsonl. The file is an append-only log, flushed
+and fsynced after every chunk, so a run that dies (even by `kill -9`) resumes where it stopped: finished
+(problem, sample) pairs are skipped and a torn last line is dropped. At the end the file is rewritten in
+(problem, sample) order, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distill import generate as G
+from distill import tasks
+from distill.artifacts import Fallbacks, UserError, finish, read_jsonl, stage_dir, write_jsonl
+from distill.config import check_literals, check_positive
+
+
+@dataclass
+class TracesConfig:
+    run: str = "demo"
+    runs_dir: str = "runs"
+    name: str = "teacher"
+    backend: Literal["transformers", "solver"] = "transformers"
+    model: str = ""  # path or Hub id (transformers backend)
+    tokenizer: str = ""  # solver backend: counts tokens with this tokenizer (default runs/<run>/tokenizer)
+    problems: str = ""  # default: runs/<run>/problems/train.jsonl
+    limit: int = 0  # use only the first `limit` problems (0: all)
+    n: int = 4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512  # thinking tokens; a trace that has not closed </think> by then is truncated
+    max_answer_tokens: int = 32
+    batch_size: int = 64
+    chunk: int = 256  # samples written (and fsynced) together
+    seed: int = 0
+    threads: int = 0  # torch threads (0: torch's default)
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        check_literals(self)
+        check_positive("n", self.n)
+        check_positive("max_new_tokens", self.max_new_tokens)
+        check_positive("batch_size", self.batch_size)
+        check_positive("chunk", self.chunk)
+        if self.backend == "transformers" and not self.model:
+            raise ValueError("backend=transformers needs `model` (a path or Hub id)")
+        if self.backend == "solver" and self.n != 1:
+            raise ValueError("the solver is deterministic: use n=1")
+
+
+def _resume(path: Path) -> set[tuple[str, int]]:
+    """Finished (problem, sample) keys; drops a torn last line left by a killed run."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    return {(r["problem_id"], r["sample"]) for r in read_jsonl(path)}
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _record(cfg, p, k, thinking, answer, finish_reason, n_think, n_answer, seconds) -> dict:
+    return {"problem_id": p["id"], "sample": k, "prompt": p["problem"], "thinking": thinking, "answer": answer,
+            "finish_reason": finish_reason, "thinking_tokens": n_think, "answer_tokens": n_answer,
+            "wall_s": round(seconds, 4), "teacher": cfg.model if cfg.backend == "transformers" else "solver"}
+
+
+def _solver_chunk(cfg, tok, todo) -> list[dict]:
+    rows = []
+    for p, k in todo:
+        thinking, answer = tasks.reference_solution(p)
+        n_t, n_a = (len(tok(x, add_special_tokens=False).input_ids) for x in (thinking, answer))
+        rows.append(_record(cfg, p, k, thinking, answer, "stop", n_t, n_a, 0.0))
+    return rows
+
+
+def _model_chunk(cfg, model, tok, todo, seed) -> list[dict]:
+    close, _ = G.stop_tokens(tok)
+    prompts = [G.think_prompt(tok, p["problem"]) for p, _ in todo]
+    results = G.think_and_answer(model, tok, prompts, max_thinking=cfg.max_new_tokens,
+                                 max_answer=cfg.max_answer_tokens, temperature=cfg.temperature,
+                                 top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed, desc="traces")
+    rows = []
+    for (p, k), (think, ans) in zip(todo, results):
+        closed = ans is not None
+        t_ids = think.ids[:-1] if think.stopped else think.ids
+        reason = "stop" if closed and ans.stopped else "length"
+        answer_text = G.decode(tok, ans.ids) if closed else ""
+        seconds = think.seconds + (ans.seconds if closed else 0.0)
+        rows.append(_record(cfg, p, k, G.decode(tok, t_ids), answer_text, reason, len(t_ids),
+                            len(ans.ids) if closed else 0, seconds / cfg.batch_size))
+    return rows
+
+
+def run(cfg: TracesConfig) -> Path:
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    src = Path(cfg.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "train.jsonl")
+    problems = read_jsonl(src, required=("id", "problem"))
+    problems = problems[:cfg.limit] if cfg.limit else problems
+    if not problems:
+        raise UserError(f"{src}: no problems")
+    fallbacks = Fallbacks()
+    G.set_threads(cfg.threads)
+    if cfg.backend == "solver":
+        from transformers import AutoTokenizer
+
+        unknown = [p["id"] for p in problems if p.get("task") not in tasks.FAMILIES]
+        if unknown:
+            raise UserError(f"{src}: the solver backend only knows built-in tasks; e.g. {unknown[0]!r} is not")
+        model, tok = None, AutoTokenizer.from_pretrained(cfg.tokenizer or
+                                                         stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
+    else:
+        model, tok = G.load(cfg.model, cfg.dtype, cfg.attn_implementation, fallbacks)
+
+    out = stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "traces.jsonl"
+    done = _resume(log_path)
+    todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
+    print(f"traces: {len(done)} samples already done, {len(todo)} to generate -> {log_path}")
+    gen_started = time.time()
+    with tqdm(total=len(todo), desc="traces", unit="sample") as bar:
+        for c in range(0, len(todo), cfg.chunk):
+            chunk = todo[c:c + cfg.chunk]
+            # the seed depends on how many samples were done before, so a resumed run stays reproducible
+            seed = cfg.seed + len(done) + c
+            rows = (_solver_chunk(cfg, tok, chunk) if model is None else
+                    _model_chunk(cfg, model, tok, chunk, seed))
+            _append(log_path, rows)
+            bar.update(len(chunk))
+    gen_seconds = time.time() - gen_started
+
+    rows = read_jsonl(log_path)
+    rank = {p["id"]: i for i, p in enumerate(problems)}
+    rows.sort(key=lambda r: (rank.get(r["problem_id"], len(rank)), r["sample"]))
+    write_jsonl(log_path, rows)
+    counts = {"problems": len(problems), "samples": len(rows), "generated_now": len(todo),
+              "resumed_from": len(done),
+              "finish_reasons": {r: sum(x["finish_reason"] == r for x in rows) for r in ("stop", "length")},
+              "thinking_tokens_mean": round(sum(r["thinking_tokens"] for r in rows) / max(len(rows), 1), 2)}
+    inputs = {"problems": src} | ({"model": Path(cfg.model)} if cfg.model and Path(cfg.model).is_dir() else {})
+    finish(out, "traces", cfg, inputs, counts, started, fallbacks=fallbacks.items,
+           timings={"generate_s": round(gen_seconds, 3)})
+    print(f"traces: {len(rows)} samples ({counts['finish_reasons']}) in {gen_seconds:.1f}s -> {out}")
+    return out

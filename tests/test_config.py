@@ -1,0 +1,57 @@
+import pytest
+
+from distill.artifacts import UserError, read_jsonl, staging
+from distill.config import build, parse_overrides
+from distill.problems import ProblemsConfig
+
+from .conftest import distill
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_overrides(["n=4", "lr=5e-3", "budgets=[8, 16]", "name=x"]) == \
+        {"n": 4, "lr": 0.005, "budgets": [8, 16], "name": "x"}
+    with pytest.raises(UserError, match="expected key=value"):
+        parse_overrides(["oops"])
+
+
+def test_unknown_keys_are_errors_that_name_the_key():
+    recipe = {"run": "r", "problems": {"train_per_task": 5, "typo_key": 1}}
+    with pytest.raises(UserError, match="typo_key"):
+        build(ProblemsConfig, "problems", recipe, {}, "r.yaml", {"problems"}, {"run", "train_per_task"})
+    cfg = build(ProblemsConfig, "problems", {"run": "r", "problems": {"train_per_task": 5}}, {"seed": 2},
+                "r.yaml", {"problems"}, {"run", "train_per_task", "seed"})
+    assert (cfg.run, cfg.train_per_task, cfg.seed) == ("r", 5, 2)
+
+
+def test_read_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2\n')
+    with pytest.raises(UserError, match=r"x.jsonl:2: not valid JSON"):
+        read_jsonl(p)
+    p.write_text('{"a": 1}\n{"b": 2}\n')
+    with pytest.raises(UserError, match=r"x.jsonl:2: missing field\(s\) a"):
+        read_jsonl(p, required=("a",))
+
+
+def test_staging_leaves_nothing_half_written(tmp_path):
+    out = tmp_path / "stage"
+    with pytest.raises(RuntimeError):
+        with staging(out) as tmp:
+            (tmp / "data.jsonl").write_text("partial")
+            raise RuntimeError("boom")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["problems", "--config", "eval/demo.yaml", "bogus=1"], "unknown key 'bogus'"),
+    (["problems", "--config", "nope.yaml"], "nope.yaml: config file not found"),
+    (["problems", "--config", "eval/demo.yaml", "eval_per_task=0"], "eval_per_task must be > 0"),
+    (["eval", "--config", "eval/demo.yaml", "budgets=[0, 8]"], "budgets must be > 0"),
+    (["sft", "--config", "students/demo-s.yaml", "model=runs/none/model", "data=eval/demo.yaml"], ""),
+])
+def test_cli_user_errors_are_one_line_without_traceback(args, expected):
+    proc = distill(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"distill {args[0]}: error:") and expected in last

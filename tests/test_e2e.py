@@ -1,0 +1,60 @@
+"""The whole pipeline through the CLI, as `make demo` runs it, at a small scale."""
+
+import json
+
+import pytest
+
+from .conftest import distill
+
+
+@pytest.mark.e2e
+def test_whole_pipeline_small(tmp_path):
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(f"""
+run: e2e
+runs_dir: {tmp_path / 'runs'}
+threads: 2
+problems: {{levels: [1, 2], train_per_task: 150, eval_per_task: 10}}
+init: {{arch: {{hidden_size: 48, num_hidden_layers: 2, intermediate_size: 96, num_attention_heads: 4,
+               num_key_value_heads: 4}}}}
+sft: {{epochs: 2, lr: 3.0e-3, batch_size: 32, save_steps: 50, logging_steps: 5}}
+traces: {{n: 2, max_new_tokens: 64, max_answer_tokens: 8, batch_size: 64}}
+filter: {{keep_per_problem: 2}}
+eval:
+  budgets: [4, 16, 64]
+  n: 2
+  max_answer_tokens: 8
+  answer_cue: "The answer is"
+  batch_size: 64
+  models:
+    - {{name: teacher, role: teacher, path: {tmp_path}/runs/e2e/sft/teacher/model}}
+    - {{name: student, role: student, path: {tmp_path}/runs/e2e/sft/student/model}}
+""")
+    r = str(recipe)
+    runs = tmp_path / "runs" / "e2e"
+    distill("problems", "--config", r)
+    distill("tokenizer", "--config", r)
+    distill("traces", "--config", r, "name=solver", "backend=solver", "n=1")
+    distill("filter", "--config", r, "name=solver", "keep_per_problem=1")
+    distill("init", "--config", r, "name=teacher")
+    distill("sft", "--config", r, "name=teacher", f"model={runs}/init/teacher",
+            f"data={runs}/filter/solver/train.jsonl")
+    distill("traces", "--config", r, "name=teacher", f"model={runs}/sft/teacher/model")
+    distill("filter", "--config", r, "name=teacher")
+    distill("init", "--config", r, "name=student", "arch={hidden_size: 32, num_hidden_layers: 1, "
+            "intermediate_size: 64, num_attention_heads: 2, num_key_value_heads: 2}")
+    distill("sft", "--config", r, "name=student", f"model={runs}/init/student",
+            f"data={runs}/filter/teacher/train.jsonl")
+    distill("eval", "--config", r)
+    distill("report", "--config", r)
+
+    for stage in ("problems", "tokenizer", "traces/teacher", "filter/teacher", "sft/teacher", "eval"):
+        manifest = json.loads((runs / stage / "manifest.json").read_text())
+        assert manifest["stage"] == stage.split("/")[0] and (runs / stage / "config.yaml").exists()
+    assert json.loads((runs / "traces" / "teacher" / "manifest.json").read_text())["counts"]["samples"] == 600
+    res = json.loads((runs / "eval" / "results.json").read_text())
+    assert {m["role"] for m in res["models"]} == {"teacher", "student"}
+    report = (runs / "report.md").read_text()
+    for heading in ("## 1. Problems", "## 2. Traces", "## 3. Filter", "## 4. Training", "## 5. Evaluation",
+                    "## 6. Serving cost", "accuracy_vs_thinking.png"):
+        assert heading in report

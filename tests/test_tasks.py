@@ -1,0 +1,52 @@
+import random
+
+import pytest
+
+from distill import tasks, verify
+
+
+@pytest.mark.parametrize("task", sorted(tasks.FAMILIES))
+def test_deterministic_by_seed_and_splits_disjoint(task):
+    a = tasks.generate(task, [1, 2, 3], 60, "train", seed=3, eval_fraction=0.2)
+    b = tasks.generate(task, [1, 2, 3], 60, "train", seed=3, eval_fraction=0.2)
+    c = tasks.generate(task, [1, 2, 3], 60, "train", seed=4, eval_fraction=0.2)
+    held_out = tasks.generate(task, [1, 2, 3], 60, "eval", seed=3, eval_fraction=0.2)
+    assert a == b and a != c
+    assert not {p["problem"] for p in a} & {p["problem"] for p in held_out}
+    assert len({p["problem"] for p in a}) == 60
+
+
+@pytest.mark.parametrize("task", sorted(tasks.FAMILIES))
+def test_reference_solver_is_right_and_thinks_longer_when_harder(task):
+    make = tasks.FAMILIES[task][0]
+    mean_len = {}
+    for level in (1, 4):
+        lens = []
+        for seed in range(200):
+            p = {"task": task, **make(random.Random(seed), level)}
+            thinking, answer = tasks.reference_solution(p)
+            assert tasks.check(p, answer), (p, thinking, answer)
+            lens.append(len(thinking))
+        mean_len[level] = sum(lens) / len(lens)
+    assert mean_len[4] > 1.5 * mean_len[1]
+
+
+def test_search_checker_accepts_any_valid_solution_and_rejects_others():
+    p = {"task": "search", "meta": {"constraints": [[2, 0, 4]]}}  # 2x = 4 (mod 10): x = 2 or 7
+    assert tasks.check(p, "The answer is 2.") and tasks.check(p, "x = 7")
+    assert not tasks.check(p, "The answer is 3.") and not tasks.check(p, "no idea")
+
+
+def test_search_reference_backtracks():
+    p = {"task": "search", "meta": {"constraints": [[1, 0, 3], [3, 0, 9]]}, "answer": "3"}
+    thinking, _ = tasks.reference_solution(p)
+    assert thinking.splitlines()[0] == "x=0: A 1*0+0=0 no"
+    assert thinking.splitlines()[-1] == "x=3: A 1*3+0=3 ok B 3*3+0=9 ok"
+
+
+def test_final_answer_only_after_think_close():
+    assert verify.final_answer("<think>\n5+2=7\n</think>\nThe answer is 7.") == "\nThe answer is 7."
+    assert verify.final_answer("<think>\n5+2=7 so 7") is None  # never closed: no fallback into thinking
+    assert verify.final_answer("The answer is 7.") == "The answer is 7."  # no tags: graded whole
+    p = {"task": "chain", "meta": {"terms": [5, 2]}}
+    assert verify.is_correct(p, "The answer is 7.") and not verify.is_correct(p, None)

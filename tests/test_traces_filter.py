@@ -1,0 +1,85 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from datasets import load_dataset
+
+from distill import filter as filt
+from distill import traces
+from distill.artifacts import read_jsonl
+
+from .conftest import ROOT
+
+
+def test_solver_traces_then_filter_make_a_trl_ready_dataset(built):
+    out = traces.run(traces.TracesConfig(run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
+    rows = read_jsonl(out / "traces.jsonl")
+    problems = read_jsonl(built / "t" / "problems" / "train.jsonl")
+    assert [(r["problem_id"], r["sample"]) for r in rows] == [(p["id"], 0) for p in problems]
+    assert all(r["finish_reason"] == "stop" and r["thinking_tokens"] > 0 for r in rows)
+    f = filt.run(filt.FilterConfig(run="t", runs_dir=str(built), name="solver", keep_per_problem=1))
+    stats = json.loads((f / "stats.json").read_text())
+    assert stats["kept"] == len(problems) and stats["correct_rate"] == 1.0
+    ds = load_dataset("json", data_files=str(f / "train.jsonl"), split="train")
+    msg = ds[0]["messages"]
+    assert [m["role"] for m in msg] == ["user", "assistant"]
+    assert msg[1]["content"].startswith("<think>\n") and "\n</think>\nThe answer is" in msg[1]["content"]
+    manifest = json.loads((f / "manifest.json").read_text())
+    assert manifest["counts"]["kept"] == len(problems) and manifest["inputs"]["traces"]["sha256"]
+
+
+def test_filter_drops_each_reason(built, tmp_path):
+    problems = read_jsonl(built / "t" / "problems" / "train.jsonl")[:3]
+    p0, p1, p2 = problems
+    good = {"thinking": "t", "finish_reason": "stop", "thinking_tokens": 5}
+    rows = [
+        {"problem_id": p0["id"], "sample": 0, "answer": f"The answer is {p0['answer']}.", **good},
+        {"problem_id": p0["id"], "sample": 1, "answer": f"The answer is {p0['answer']}.", **good},  # duplicate
+        {"problem_id": p1["id"], "sample": 0, "answer": "The answer is 11.", **good},  # wrong
+        {"problem_id": p1["id"], "sample": 1, "answer": "", **good, "finish_reason": "length"},  # truncated
+        {"problem_id": p2["id"], "sample": 0, "answer": f"The answer is {p2['answer']}.", **good,
+         "thinking_tokens": 999},  # over-long
+    ]
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = filt.run(filt.FilterConfig(run="t", runs_dir=str(tmp_path / "r"), traces=str(path),
+                                     problems=str(built / "t" / "problems" / "train.jsonl"),
+                                     max_thinking_tokens=100))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == 1
+    assert stats["dropped"] == {"truncated": 1, "wrong": 1, "overlong": 1, "duplicate": 1, "surplus": 0}
+
+
+def _traces_cmd(built, model, out_name):
+    return [sys.executable, "-m", "distill.cli", "traces", f"runs_dir={built}", "run=t", f"name={out_name}",
+            f"model={model}", "n=3", "max_new_tokens=24", "max_answer_tokens=4", "batch_size=4", "chunk=4",
+            "threads=1"]
+
+
+def test_transformers_traces_resume_after_kill_9(built):
+    model = built / "t" / "init" / "tiny"
+    cmd = _traces_cmd(built, model, "killed")
+    log = built / "t" / "traces" / "killed" / "traces.jsonl"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 8):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = log.read_text().count("\n")
+    total = 80 * 3
+    assert 8 <= partial < total, "the kill must land mid-run"
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    rows = read_jsonl(log)
+    keys = [(r["problem_id"], r["sample"]) for r in rows]
+    problems = read_jsonl(built / "t" / "problems" / "train.jsonl")
+    assert sorted(keys) == sorted((p["id"], k) for p in problems for k in range(3))  # none missing, none twice
+    manifest = __import__("json").loads((log.parent / "manifest.json").read_text())
+    assert manifest["counts"]["resumed_from"] >= 8 and manifest["counts"]["samples"] == total
+    r = rows[0]
+    assert set(r) >= {"problem_id", "sample", "prompt", "thinking", "answer", "finish_reason", "thinking_tokens",
+                      "answer_tokens", "wall_s", "teacher"}
+    assert r["finish_reason"] in ("stop", "length") and r["thinking_tokens"] <= 24
