@@ -52,7 +52,8 @@ def bare(model_path: Path, data: Path, steps: int, threads: int) -> dict:
     tok = AutoTokenizer.from_pretrained(model_path)
     with tempfile.TemporaryDirectory() as tmp:  # only to get the very batches our stage trains on
         args = SFTConfig(output_dir=tmp, per_device_train_batch_size=64, assistant_only_loss=True,
-                         train_sampling_strategy="group_by_length", report_to="none", seed=0, data_seed=0)
+                         train_sampling_strategy="group_by_length", report_to="none", seed=0, data_seed=0,
+                         bf16=torch.cuda.is_available())
         trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(data), processing_class=tok)
         batches = []
         while len(batches) < steps:

@@ -22,7 +22,7 @@ class ProblemsConfig:
     runs_dir: str = "runs"
     source: Literal["builtin", "jsonl"] = "builtin"
     tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
-    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    levels: dict = field(default_factory=lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]})  # per task
     train_per_task: int = 1000
     eval_per_task: int = 100
     eval_fraction: float = 0.2  # share of the problem space reserved for eval (by a hash of the text)
@@ -35,7 +35,10 @@ class ProblemsConfig:
         for t in self.tasks:
             if t not in tasks.FAMILIES:
                 raise ValueError(f"unknown task {t!r} (known: {', '.join(tasks.FAMILIES)})")
-        check_positive("levels", self.levels)
+        for t in self.tasks:
+            if t not in self.levels:
+                raise ValueError(f"levels has no entry for task {t!r}")
+            check_positive(f"levels.{t}", self.levels[t])
         check_positive("eval_per_task", self.eval_per_task)
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
@@ -46,7 +49,7 @@ class ProblemsConfig:
 def _builtin(cfg: ProblemsConfig, split: str, n: int) -> list[dict]:
     rows = []
     for task in cfg.tasks:
-        rows += tasks.generate(task, cfg.levels, n, split, cfg.seed, cfg.eval_fraction)
+        rows += tasks.generate(task, cfg.levels[task], n, split, cfg.seed, cfg.eval_fraction)
     return rows
 
 

@@ -24,27 +24,31 @@ def _ends(n: int) -> str:
     return f"{n}>{n % 10}" if n >= 10 else str(n)
 
 
-# Terms and constraints carry letter labels that the reasoning repeats ("c5"): a small model finds the
-# operand it needs by matching the label (an induction-style lookup it learns quickly) instead of counting.
-LOWER, UPPER = "abcdefghij", "ABCDEFGHIJ"
+# The reasoning is written on a fixed-width "tape": every line of a problem's thinking has the same number
+# of tokens, and so does the prompt's list of operands (padded with "_"). Each line is computed from the
+# line above it at a constant distance, the kind of lookup a tiny transformer learns in minutes; a format
+# that makes the model search the prompt for "the k-th term" took far longer to learn here.
+SLOTS = 6  # chain: operand slots per line (levels 1-4 are 3-6 terms)
+BLOCKS = 2  # search: constraint blocks per line (levels 1-2 are 1-2 constraints)
 
 
 # --- chain: multi-step arithmetic mod 10 ------------------------------------------------------------
 def chain_make(rng: random.Random, level: int) -> dict:
+    if not 1 <= level <= SLOTS - 2:
+        raise UserError(f"chain: level must be 1..{SLOTS - 2}, got {level}")
     terms = [rng.randint(0, 9) for _ in range(level + 2)]
-    text = " ".join(f"{LOWER[i]}{t}" for i, t in enumerate(terms))
-    return {"problem": f"sum {text} mod 10", "answer": str(sum(terms) % 10), "meta": {"terms": terms}}
+    tape = " ".join(map(str, terms + ["_"] * (SLOTS - len(terms))))
+    return {"problem": f"sum {tape} mod 10", "answer": str(sum(terms) % 10), "meta": {"terms": terms}}
 
 
 def chain_solve(p: dict) -> str:
-    terms = p["meta"]["terms"]
-    acc, steps = f"a{terms[0]}", []
-    total = terms[0]
-    for i, t in enumerate(terms[1:], 1):
-        steps.append(f"{acc}+{LOWER[i]}{t}={_ends(total + t)}")
-        total = (total + t) % 10
-        acc = str(total)
-    return "\n".join(steps)
+    """Each line: the running sum, then the terms still to add (the first two of the line above are
+    replaced by their sum mod 10)."""
+    state, lines = list(p["meta"]["terms"]), []
+    while len(state) > 1:
+        state = [(state[0] + state[1]) % 10] + state[2:]
+        lines.append(" ".join(map(str, state + ["_"] * (SLOTS - len(state)))))
+    return "\n".join(lines)
 
 
 def chain_check(p: dict, answer: int) -> bool:
@@ -52,29 +56,36 @@ def chain_check(p: dict, answer: int) -> bool:
 
 
 # --- search: find a digit x satisfying every constraint a*x+b = c (mod 10) --------------------------
+def _block(a, b, c, v=None) -> str:
+    if a is None:
+        return "_" * (9 if v is not None else 6)
+    return f"{a}x+{b}={c}" if v is None else f"{a}*{v}+{b}={(a * v + b) % 10}/{c}"
+
+
 def search_make(rng: random.Random, level: int) -> dict:
+    if not 1 <= level <= BLOCKS:
+        raise UserError(f"search: level must be 1..{BLOCKS}, got {level}")
     x = rng.randint(0, 9)
     cons = []
     for _ in range(level):
         a, b = rng.randint(1, 9), rng.randint(0, 9)
         cons.append([a, b, (a * x + b) % 10])
-    text = ", ".join(f"{UPPER[i]} {a}x+{b}={c}" for i, (a, b, c) in enumerate(cons))
+    padded = cons + [[None] * 3] * (BLOCKS - level)
+    text = " ".join(_block(a, b, c) for a, b, c in padded)
     # The gold answer is the smallest solution: the checker accepts any x that satisfies all constraints.
     gold = next(v for v in range(10) if all((a * v + b) % 10 == c for a, b, c in cons))
     return {"problem": f"find x: {text} mod 10", "answer": str(gold), "meta": {"constraints": cons}}
 
 
 def search_solve(p: dict) -> str:
+    """One line per candidate x = 0, 1, ...: every constraint checked (a*x+b=result/target), then the
+    verdict; a failed candidate is abandoned for the next one."""
+    cons = p["meta"]["constraints"]
+    padded = cons + [[None] * 3] * (BLOCKS - len(cons))
     lines = []
     for v in range(10):
-        checks = []
-        for i, (a, b, c) in enumerate(p["meta"]["constraints"]):
-            r = a * v + b
-            ok = r % 10 == c
-            checks.append(f"{UPPER[i]} {a}*{v}+{b}={_ends(r)} {'ok' if ok else 'no'}")
-            if not ok:
-                break  # backtrack: try the next candidate
-        lines.append(f"x={v}: " + " ".join(checks))
+        ok = all((a * v + b) % 10 == c for a, b, c in cons)
+        lines.append(f"{v}: " + " ".join(_block(a, b, c, v) for a, b, c in padded) + (" ok" if ok else " no"))
         if ok:
             break
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 traces, and save it as a `PreTrainedTokenizerFast` with a ChatML chat template that puts the assistant's
 reasoning in `<think> … </think>` before the answer (as Qwen/DeepSeek reasoning models do).
 
-Digits are always split one per token so that arithmetic is learnable by tiny models.
+Digits, spaces and signs are one token each, so that arithmetic and fixed-width layouts stay simple.
 Output: runs/<run>/tokenizer/ (loadable with AutoTokenizer.from_pretrained, like a Hub id).
 """
 
@@ -63,12 +63,15 @@ def corpus(problems: list[dict]):
 
 
 def build(texts, vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
+    # Every character but letters is its own token (words are learned by BPE): digits, spaces and signs
+    # one token each, so equal-width text is equal-width in tokens.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Split(Regex(r"[^A-Za-z]"), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

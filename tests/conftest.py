@@ -31,7 +31,7 @@ def built(tmp_path_factory) -> Path:
     from distill import init, problems, tokenizer
 
     runs = tmp_path_factory.mktemp("runs")
-    problems.run(problems.ProblemsConfig(run="t", runs_dir=str(runs), levels=[1, 2], train_per_task=40,
+    problems.run(problems.ProblemsConfig(run="t", runs_dir=str(runs), levels={"chain": [1, 2], "search": [1, 2]}, train_per_task=40,
                                          eval_per_task=6))
     tokenizer.run(tokenizer.TokenizerConfig(run="t", runs_dir=str(runs)))
     init.run(init.InitConfig(run="t", runs_dir=str(runs), name="tiny", arch=TINY_ARCH))

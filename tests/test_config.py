@@ -47,7 +47,9 @@ def test_staging_leaves_nothing_half_written(tmp_path):
     (["problems", "--config", "nope.yaml"], "nope.yaml: config file not found"),
     (["problems", "--config", "eval/demo.yaml", "eval_per_task=0"], "eval_per_task must be > 0"),
     (["eval", "--config", "eval/demo.yaml", "budgets=[0, 8]"], "budgets must be > 0"),
-    (["sft", "--config", "students/demo-s.yaml", "model=runs/none/model", "data=eval/demo.yaml"], ""),
+    (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: student, path: runs/none/model}]"],
+     "model 'x' not found at runs/none/model"),
+    (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: boss, path: p}]"], "role (teacher|student)"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, expected):
     proc = distill(*args, check=False)
@@ -55,3 +57,15 @@ def test_cli_user_errors_are_one_line_without_traceback(args, expected):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"distill {args[0]}: error:") and expected in last
+
+
+def test_cli_malformed_jsonl_and_empty_problem_set(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "problem": "p", "answer": "1"}\n{"id": "b", "problem": \n')
+    proc = distill("traces", f"problems={bad}", "backend=solver", "n=1", f"runs_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(f"{bad}:2: not valid JSON (Expecting value)")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    proc = distill("traces", f"problems={empty}", "backend=solver", "n=1", f"runs_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "no problems" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "demo").exists()  # nothing half-written

@@ -14,7 +14,7 @@ def test_whole_pipeline_small(tmp_path):
 run: e2e
 runs_dir: {tmp_path / 'runs'}
 threads: 2
-problems: {{levels: [1, 2], train_per_task: 150, eval_per_task: 10}}
+problems: {{levels: {{chain: [1, 2], search: [1, 2]}}, train_per_task: 150, eval_per_task: 10}}
 init: {{arch: {{hidden_size: 48, num_hidden_layers: 2, intermediate_size: 96, num_attention_heads: 4,
                num_key_value_heads: 4}}}}
 sft: {{epochs: 2, lr: 3.0e-3, batch_size: 32, save_steps: 50, logging_steps: 5}}

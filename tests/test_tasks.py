@@ -7,10 +7,10 @@ from distill import tasks, verify
 
 @pytest.mark.parametrize("task", sorted(tasks.FAMILIES))
 def test_deterministic_by_seed_and_splits_disjoint(task):
-    a = tasks.generate(task, [1, 2, 3], 60, "train", seed=3, eval_fraction=0.2)
-    b = tasks.generate(task, [1, 2, 3], 60, "train", seed=3, eval_fraction=0.2)
-    c = tasks.generate(task, [1, 2, 3], 60, "train", seed=4, eval_fraction=0.2)
-    held_out = tasks.generate(task, [1, 2, 3], 60, "eval", seed=3, eval_fraction=0.2)
+    a = tasks.generate(task, [1, 2], 60, "train", seed=3, eval_fraction=0.2)
+    b = tasks.generate(task, [1, 2], 60, "train", seed=3, eval_fraction=0.2)
+    c = tasks.generate(task, [1, 2], 60, "train", seed=4, eval_fraction=0.2)
+    held_out = tasks.generate(task, [1, 2], 60, "eval", seed=3, eval_fraction=0.2)
     assert a == b and a != c
     assert not {p["problem"] for p in a} & {p["problem"] for p in held_out}
     assert len({p["problem"] for p in a}) == 60
@@ -20,7 +20,8 @@ def test_deterministic_by_seed_and_splits_disjoint(task):
 def test_reference_solver_is_right_and_thinks_longer_when_harder(task):
     make = tasks.FAMILIES[task][0]
     mean_len = {}
-    for level in (1, 4):
+    top = {"chain": 4, "search": 2}[task]
+    for level in (1, top):
         lens = []
         for seed in range(200):
             p = {"task": task, **make(random.Random(seed), level)}
@@ -28,7 +29,7 @@ def test_reference_solver_is_right_and_thinks_longer_when_harder(task):
             assert tasks.check(p, answer), (p, thinking, answer)
             lens.append(len(thinking))
         mean_len[level] = sum(lens) / len(lens)
-    assert mean_len[4] > 1.5 * mean_len[1]
+    assert mean_len[top] > 1.2 * mean_len[1]  # search pads lines to a fixed width: it grows by ~25%
 
 
 def test_search_checker_accepts_any_valid_solution_and_rejects_others():
@@ -37,11 +38,21 @@ def test_search_checker_accepts_any_valid_solution_and_rejects_others():
     assert not tasks.check(p, "The answer is 3.") and not tasks.check(p, "no idea")
 
 
-def test_search_reference_backtracks():
+def test_search_reference_checks_and_moves_on():
     p = {"task": "search", "meta": {"constraints": [[1, 0, 3], [3, 0, 9]]}, "answer": "3"}
-    thinking, _ = tasks.reference_solution(p)
-    assert thinking.splitlines()[0] == "x=0: A 1*0+0=0 no"
-    assert thinking.splitlines()[-1] == "x=3: A 1*3+0=3 ok B 3*3+0=9 ok"
+    lines = tasks.reference_solution(p)[0].splitlines()
+    assert lines[0] == "0: 1*0+0=0/3 3*0+0=0/9 no"
+    assert lines[-1] == "3: 1*3+0=3/3 3*3+0=9/9 ok" and len(lines) == 4
+
+
+def test_tape_lines_have_equal_token_width(built):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "t" / "tokenizer")
+    for task, level in (("chain", 4), ("search", 1), ("search", 2)):
+        p = {"task": task, **tasks.FAMILIES[task][0](random.Random(1), level)}
+        widths = {len(tok(line).input_ids) for line in tasks.reference_solution(p)[0].splitlines()}
+        assert len(widths) == 1, (task, widths)
 
 
 def test_final_answer_only_after_think_close():
