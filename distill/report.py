@@ -72,8 +72,9 @@ def _data_sections(root: Path) -> list[str]:
             m, d = _load(path), path.parent.name
             c, t = m["counts"], m["timings"]
             name = Path(m["inputs"]["data"]["path"]).parent.name
-            rows.append([d, _size(c["params"]), name, c["rows"], c["steps"], f"{c['first_loss']:.3f}",
-                         f"{c['final_loss']:.3f}", f"{t['tokens_per_s']:,.0f}", f"{t['train_s']:.0f}",
+            loss = ["-" if c[k] is None else f"{c[k]:.3f}" for k in ("first_loss", "final_loss")]
+            rows.append([d, _size(c["params"]), name, c["rows"], c["steps"], *loss,
+                         f"{t['tokens_per_s']:,.0f}", f"{t['train_s']:.0f}",
                          m["optimizer"], "; ".join(f"{f['wanted']}→{f['used']}" for f in m["fallbacks"]) or "-"])
             imgs.append(f"![{d} loss](sft/{d}/loss.png)")
         out += ["## 4. Training (SFT, loss on assistant tokens only)",
