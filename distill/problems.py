@@ -23,7 +23,7 @@ class ProblemsConfig:
     source: Literal["builtin", "jsonl"] = "builtin"
     tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
     levels: dict = field(default_factory=lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]})  # per task
-    train_per_task: int = 1000
+    train_per_task: int | dict = 1000  # or {task: count}
     eval_per_task: int = 100
     eval_fraction: float = 0.2  # share of the problem space reserved for eval (by a hash of the text)
     seed: int = 0
@@ -46,10 +46,11 @@ class ProblemsConfig:
             raise ValueError("source=jsonl needs train_path and eval_path")
 
 
-def _builtin(cfg: ProblemsConfig, split: str, n: int) -> list[dict]:
+def _builtin(cfg: ProblemsConfig, split: str, n: int | dict) -> list[dict]:
     rows = []
     for task in cfg.tasks:
-        rows += tasks.generate(task, cfg.levels[task], n, split, cfg.seed, cfg.eval_fraction)
+        count = n[task] if isinstance(n, dict) else n
+        rows += tasks.generate(task, cfg.levels[task], count, split, cfg.seed, cfg.eval_fraction)
     return rows
 
 

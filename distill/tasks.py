@@ -24,35 +24,41 @@ def _ends(n: int) -> str:
     return f"{n}>{n % 10}" if n >= 10 else str(n)
 
 
-# The reasoning is written on a fixed-width "tape": every line of a problem's thinking has the same number
-# of tokens, and so does the prompt's list of operands (padded with "_"). Each line is computed from the
-# line above it at a constant distance, the kind of lookup a tiny transformer learns in minutes; a format
-# that makes the model search the prompt for "the k-th term" took far longer to learn here.
-SLOTS = 6  # chain: operand slots per line (levels 1-4 are 3-6 terms)
+# Every line of reasoning has a fixed layout and is computed from the line above it: what a line needs is
+# copied from the same column one line up, plus one small local computation. Tiny transformers learn that
+# in a few hundred steps; layouts where the model must fetch "the k-th operand" from the prompt far behind,
+# or a tape that shifts left on every line, had not been learned after 1,000+ steps here.
 BLOCKS = 2  # search: constraint blocks per line (levels 1-2 are 1-2 constraints)
 
 
-# --- chain: multi-step arithmetic mod 10 ------------------------------------------------------------
+# --- chain: multi-step arithmetic, iterate x -> a*x+b (mod 10) ----------------------------------------
 def chain_make(rng: random.Random, level: int) -> dict:
-    if not 1 <= level <= SLOTS - 2:
-        raise UserError(f"chain: level must be 1..{SLOTS - 2}, got {level}")
-    terms = [rng.randint(0, 9) for _ in range(level + 2)]
-    tape = " ".join(map(str, terms + ["_"] * (SLOTS - len(terms))))
-    return {"problem": f"sum {tape} mod 10", "answer": str(sum(terms) % 10), "meta": {"terms": terms}}
+    if not 1 <= level <= 4:
+        raise UserError(f"chain: level must be 1..4, got {level}")
+    a, b, x, steps = rng.randint(1, 9), rng.randint(0, 9), rng.randint(0, 9), 2 * level
+    return {"problem": f"apply {a}*x+{b} {steps} times to x={x} mod 10", "answer": str(_iterate(a, b, x, steps)),
+            "meta": {"a": a, "b": b, "x": x, "steps": steps}}
+
+
+def _iterate(a: int, b: int, x: int, steps: int) -> int:
+    for _ in range(steps):
+        x = (a * x + b) % 10
+    return x
 
 
 def chain_solve(p: dict) -> str:
-    """Each line: the running sum, then the terms still to add (the first two of the line above are
-    replaced by their sum mod 10)."""
-    state, lines = list(p["meta"]["terms"]), []
-    while len(state) > 1:
-        state = [(state[0] + state[1]) % 10] + state[2:]
-        lines.append(" ".join(map(str, state + ["_"] * (SLOTS - len(state)))))
+    """One line per step: steps left, then a*x+b=result (mod 10); the result is the next line's x."""
+    m, lines, x = p["meta"], [], p["meta"]["x"]
+    for left in range(m["steps"], 0, -1):
+        r = (m["a"] * x + m["b"]) % 10
+        lines.append(f"{left} {m['a']}*{x}+{m['b']}={r}")
+        x = r
     return "\n".join(lines)
 
 
 def chain_check(p: dict, answer: int) -> bool:
-    return answer == sum(p["meta"]["terms"]) % 10
+    m = p["meta"]
+    return answer == _iterate(m["a"], m["b"], m["x"], m["steps"])
 
 
 # --- search: find a digit x satisfying every constraint a*x+b = c (mod 10) --------------------------

@@ -59,5 +59,6 @@ def test_final_answer_only_after_think_close():
     assert verify.final_answer("<think>\n5+2=7\n</think>\nThe answer is 7.") == "\nThe answer is 7."
     assert verify.final_answer("<think>\n5+2=7 so 7") is None  # never closed: no fallback into thinking
     assert verify.final_answer("The answer is 7.") == "The answer is 7."  # no tags: graded whole
-    p = {"task": "chain", "meta": {"terms": [5, 2]}}
-    assert verify.is_correct(p, "The answer is 7.") and not verify.is_correct(p, None)
+    p = {"task": "chain", "meta": {"a": 3, "b": 1, "x": 2, "steps": 2}}  # 2 -> 7 -> 2
+    assert verify.is_correct(p, "The answer is 2.") and not verify.is_correct(p, "The answer is 7.")
+    assert not verify.is_correct(p, None)
