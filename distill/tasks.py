@@ -36,8 +36,9 @@ def chain_make(rng: random.Random, level: int) -> dict:
     if not 1 <= level <= 4:
         raise UserError(f"chain: level must be 1..4, got {level}")
     a, b, x, steps = rng.randint(1, 9), rng.randint(0, 9), rng.randint(0, 9), 2 * level
-    return {"problem": f"apply {a}*x+{b} {steps} times to x={x} mod 10", "answer": str(_iterate(a, b, x, steps)),
-            "meta": {"a": a, "b": b, "x": x, "steps": steps}}
+    # The prompt ends with the first line of the layout, its result unknown ("?"): the reasoning copies it.
+    text = f"iterate x -> {a}x+{b} (mod 10): {steps} {a}*{x}=?+{b}=?"
+    return {"problem": text, "answer": str(_iterate(a, b, x, steps)), "meta": {"a": a, "b": b, "x": x, "steps": steps}}
 
 
 def _iterate(a: int, b: int, x: int, steps: int) -> int:
@@ -47,11 +48,11 @@ def _iterate(a: int, b: int, x: int, steps: int) -> int:
 
 
 def chain_solve(p: dict) -> str:
-    """One line per step: steps left, then a*x+b=result (mod 10); the result is the next line's x."""
+    """One line per step: steps left, a*x (mod 10), + b (mod 10); the result is the next line's x."""
     m, lines, x = p["meta"], [], p["meta"]["x"]
     for left in range(m["steps"], 0, -1):
         r = (m["a"] * x + m["b"]) % 10
-        lines.append(f"{left} {m['a']}*{x}+{m['b']}={r}")
+        lines.append(f"{left} {m['a']}*{x}={m['a'] * x % 10}+{m['b']}={r}")
         x = r
     return "\n".join(lines)
 
@@ -63,9 +64,11 @@ def chain_check(p: dict, answer: int) -> bool:
 
 # --- search: find a digit x satisfying every constraint a*x+b = c (mod 10) --------------------------
 def _block(a, b, c, v=None) -> str:
+    """One constraint checked at x = v ("a*v=p+b=result/target"); v=None gives the prompt's "?" layout."""
     if a is None:
-        return "_" * (9 if v is not None else 6)
-    return f"{a}x+{b}={c}" if v is None else f"{a}*{v}+{b}={(a * v + b) % 10}/{c}"
+        return "_" * 11
+    # the product and the sum are each taken mod 10 as they are written: two small tables, not one big one
+    return f"{a}*?=?+{b}=?/{c}" if v is None else f"{a}*{v}={a * v % 10}+{b}={(a * v + b) % 10}/{c}"
 
 
 def search_make(rng: random.Random, level: int) -> dict:
@@ -80,7 +83,9 @@ def search_make(rng: random.Random, level: int) -> dict:
     text = " ".join(_block(a, b, c) for a, b, c in padded)
     # The gold answer is the smallest solution: the checker accepts any x that satisfies all constraints.
     gold = next(v for v in range(10) if all((a * v + b) % 10 == c for a, b, c in cons))
-    return {"problem": f"find x: {text} mod 10", "answer": str(gold), "meta": {"constraints": cons}}
+    # As in chain, the prompt ends with the layout of a reasoning line, x unknown ("?").
+    return {"problem": f"find x (mod 10): ?: {text}", "answer": str(gold),
+            "meta": {"constraints": cons}}
 
 
 def search_solve(p: dict) -> str:
