@@ -135,7 +135,8 @@ def run(cfg: SftConfig) -> Path:
         max_length=cfg.max_length, optim=_pick_optim(cfg.optim, fallbacks),
         gradient_checkpointing=cfg.gradient_checkpointing, assistant_only_loss=True,
         packing=False, padding_free=False, train_sampling_strategy="group_by_length",
-        logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=1,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding", bf16=torch.cuda.is_available(),
         disable_tqdm=False, **cfg.trl)

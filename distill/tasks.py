@@ -19,11 +19,6 @@ from distill.artifacts import UserError
 ANSWER_TEMPLATE = "The answer is {}."
 
 
-def _ends(n: int) -> str:
-    """A step result and, when it has two digits, its last digit: '15>5' (we work mod 10)."""
-    return f"{n}>{n % 10}" if n >= 10 else str(n)
-
-
 # Every line of reasoning has a fixed layout and is computed from the line above it: what a line needs is
 # copied from the same column one line up, plus one small local computation. Tiny transformers learn that
 # in a few hundred steps; layouts where the model must fetch "the k-th operand" from the prompt far behind,
@@ -38,7 +33,8 @@ def chain_make(rng: random.Random, level: int) -> dict:
     a, b, x, steps = rng.randint(1, 9), rng.randint(0, 9), rng.randint(0, 9), 2 * level
     # The prompt ends with the first line of the layout, its result unknown ("?"): the reasoning copies it.
     text = f"iterate x -> {a}x+{b} (mod 10): {steps} {a}*{x}=?+{b}=?"
-    return {"problem": text, "answer": str(_iterate(a, b, x, steps)), "meta": {"a": a, "b": b, "x": x, "steps": steps}}
+    return {"problem": text, "answer": str(_iterate(a, b, x, steps)),
+            "meta": {"a": a, "b": b, "x": x, "steps": steps}}
 
 
 def _iterate(a: int, b: int, x: int, steps: int) -> int:
@@ -63,6 +59,15 @@ def chain_check(p: dict, answer: int) -> bool:
 
 
 # --- search: find a digit x satisfying every constraint a*x+b = c (mod 10) --------------------------
+def _satisfies(cons: list, v: int) -> bool:
+    return all((a * v + b) % 10 == c for a, b, c in cons)
+
+
+def _padded(cons: list) -> list:
+    """The constraints plus empty blocks, so that every level has the same line width."""
+    return cons + [[None] * 3] * (BLOCKS - len(cons))
+
+
 def _block(a, b, c, v=None) -> str:
     """One constraint checked at x = v ("a*v=p+b=result/target"); v=None gives the prompt's "?" layout."""
     if a is None:
@@ -79,10 +84,9 @@ def search_make(rng: random.Random, level: int) -> dict:
     for _ in range(level):
         a, b = rng.randint(1, 9), rng.randint(0, 9)
         cons.append([a, b, (a * x + b) % 10])
-    padded = cons + [[None] * 3] * (BLOCKS - level)
-    text = " ".join(_block(a, b, c) for a, b, c in padded)
+    text = " ".join(_block(a, b, c) for a, b, c in _padded(cons))
     # The gold answer is the smallest solution: the checker accepts any x that satisfies all constraints.
-    gold = next(v for v in range(10) if all((a * v + b) % 10 == c for a, b, c in cons))
+    gold = next(v for v in range(10) if _satisfies(cons, v))
     # As in chain, the prompt ends with the layout of a reasoning line, x unknown ("?").
     return {"problem": f"find x (mod 10): ?: {text}", "answer": str(gold),
             "meta": {"constraints": cons}}
@@ -92,18 +96,18 @@ def search_solve(p: dict) -> str:
     """One line per candidate x = 0, 1, ...: every constraint checked (a*x+b=result/target), then the
     verdict; a failed candidate is abandoned for the next one."""
     cons = p["meta"]["constraints"]
-    padded = cons + [[None] * 3] * (BLOCKS - len(cons))
     lines = []
     for v in range(10):
-        ok = all((a * v + b) % 10 == c for a, b, c in cons)
-        lines.append(f"{v}: " + " ".join(_block(a, b, c, v) for a, b, c in padded) + (" ok" if ok else " no"))
+        ok = _satisfies(cons, v)
+        blocks = " ".join(_block(a, b, c, v) for a, b, c in _padded(cons))
+        lines.append(f"{v}: {blocks} {'ok' if ok else 'no'}")
         if ok:
             break
     return "\n".join(lines)
 
 
 def search_check(p: dict, answer: int) -> bool:
-    return 0 <= answer <= 9 and all((a * answer + b) % 10 == c for a, b, c in p["meta"]["constraints"])
+    return 0 <= answer <= 9 and _satisfies(p["meta"]["constraints"], answer)
 
 
 FAMILIES = {
