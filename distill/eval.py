@@ -199,14 +199,14 @@ def run(cfg: EvalConfig) -> Path:
     from distill import plots
 
     started = time.time()
+    for spec in cfg.models:
+        if not Path(spec["path"]).is_dir() and spec["path"].startswith((".", "/", "runs/")):
+            raise UserError(f"eval: model {spec['name']!r} not found at {spec['path']}")
     src = Path(cfg.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "eval.jsonl")
     problems = read_jsonl(src, required=("id", "problem", "answer"))
     problems = problems[:cfg.limit] if cfg.limit else problems
     if not problems:
         raise UserError(f"{src}: no problems to evaluate")
-    for spec in cfg.models:
-        if not Path(spec["path"]).is_dir() and spec["path"].startswith((".", "/", "runs/")):
-            raise UserError(f"eval: model {spec['name']!r} not found at {spec['path']}")
     G.set_threads(cfg.threads)
     fallbacks, models, samples = Fallbacks(), [], []
     for spec in tqdm(cfg.models, desc="models", unit="model"):
