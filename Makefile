@@ -4,9 +4,9 @@ DISTILL := $(VENV)/bin/distill
 CONFIG  ?= eval/demo.yaml
 ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
-STAGES  := problems tokenizer init traces filter sft eval report
+STAGES  := problems tokenizer init traces filter decontaminate sft eval report
 
-.PHONY: install demo test bench clean $(STAGES)
+.PHONY: install demo test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
@@ -16,6 +16,10 @@ install:
 
 $(STAGES):
 	$(DISTILL) $@ --config $(CONFIG) $(ARGS)
+
+# Re-grade a file of generations: make grade ARGS="--input gen.jsonl --output graded.jsonl --benchmark gsm8k"
+grade:
+	$(DISTILL) grade $(ARGS)
 
 # The whole pipeline on the embedded default, CPU only, nothing downloaded.
 demo:
@@ -37,6 +41,7 @@ test:
 
 bench:
 	$(VENV)/bin/python bench/sft_throughput.py
+	$(VENV)/bin/python bench/grade_throughput.py
 
 clean:
 	rm -rf runs

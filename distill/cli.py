@@ -17,6 +17,7 @@ STAGES = {
     "tokenizer": ("distill.tokenizer", "TokenizerConfig"),
     "init": ("distill.init", "InitConfig"),
     "traces": ("distill.traces", "TracesConfig"),
+    "decontaminate": ("distill.decontaminate", "DecontaminateConfig"),
     "filter": ("distill.filter", "FilterConfig"),
     "sft": ("distill.sft", "SftConfig"),
     "eval": ("distill.eval", "EvalConfig"),
@@ -30,7 +31,14 @@ def _config_class(stage: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="distill", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["grade"]:  # a tool over a file, not a recipe stage: its own flags (distill/grade.py)
+        from distill import grade
+
+        return grade.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__,
+                                     epilog="Also: distill grade --input IN.jsonl --output OUT.jsonl "
+                                            "(re-grade generations; see distill grade --help).")
     parser.add_argument("stage", choices=sorted(STAGES), help="pipeline stage to run")
     parser.add_argument("--config", help="recipe YAML (teachers/, students/, eval/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key of the stage")

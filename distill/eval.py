@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill import generate as G
+from distill import metrics
 from distill import verify
 from distill.artifacts import (Fallbacks, UserError, atomic_write_json, atomic_write_text, finish, read_jsonl,
                                stage_dir, staging, write_jsonl)
@@ -41,6 +42,10 @@ class EvalConfig:
     temperature: float = 0.6
     top_p: float = 0.95
     answer_cue: str = "Final answer:"
+    min_thinking: int = 0  # s1 extension: a thinking closed before this many tokens is told to `wait`
+    wait: str = "Wait"
+    max_waits: int = 2  # extensions per sample at most
+    grade_processes: int = 2
     max_answer_tokens: int = 32
     batch_size: int = 64
     price_per_hour: float = 0.10  # $ per hour of the machine the models are served on
@@ -55,6 +60,9 @@ class EvalConfig:
         self.budgets = sorted(set(self.budgets))
         check_positive("n", self.n)
         check_positive("batch_size", self.batch_size)
+        if not 0 <= self.min_thinking <= self.budgets[-1]:
+            raise ValueError(f"min_thinking must be in [0, largest budget {self.budgets[-1]}], "
+                             f"got {self.min_thinking}")
         if not self.models:
             raise ValueError("models is empty: list {name, role, path} for the teacher and the students")
         names = [m.get("name") for m in self.models]
@@ -101,9 +109,11 @@ class PeakMemory:
 def _generate_all(cfg: EvalConfig, model, tok, problems: list[dict]):
     """Thinking at the largest budget, the natural answers, then one forced answer per (sample, cut)."""
     gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
-    prompts = [G.think_prompt(tok, p["problem"]) for p in problems for _ in range(cfg.n)]
+    prompts = [G.think_prompt(tok, p.get("prompt") or p["problem"]) for p in problems for _ in range(cfg.n)]
     results = G.think_and_answer(model, tok, prompts, max_thinking=cfg.budgets[-1],
-                                 max_answer=cfg.max_answer_tokens, seed=cfg.seed, desc="eval", **gen_kw)
+                                 max_answer=cfg.max_answer_tokens, seed=cfg.seed, desc="eval",
+                                 min_thinking=cfg.min_thinking, wait=cfg.wait, max_waits=cfg.max_waits,
+                                 **gen_kw)
     thinking = [t.ids[:-1] if t.stopped else t.ids for t, _ in results]
     natural = [ans is not None for _, ans in results]  # closed its thinking itself
     # one forced answer per distinct cut: a thinking shorter than b that never closed is cut at its length
@@ -116,8 +126,8 @@ def _generate_all(cfg: EvalConfig, model, tok, problems: list[dict]):
 
 
 def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok):
-    """Per-sample rows for every budget, graded."""
-    rows = []
+    """Per-sample rows for every budget, graded (in parallel processes, each answer under a timeout)."""
+    rows, items = [], []
     for i, (think, ans) in enumerate(results):
         p, k = problems[i // cfg.n], i % cfg.n
         for b in cfg.budgets:
@@ -125,12 +135,14 @@ def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok
             gen = ans if natural[i] and len(thinking[i]) <= b else forced[(i, used)]
             was_forced = gen is not ans
             text = (cfg.answer_cue + " " if was_forced else "") + G.decode(tok, gen.ids)
-            seconds = think.seconds + gen.seconds
+            items.append((p, text))
             rows.append({"model": name, "problem_id": p["id"], "task": p.get("task"), "level": p.get("level"),
-                         "sample": k, "budget": b, "thinking_tokens": used, "forced": was_forced,
-                         "within_budget": natural[i] and len(thinking[i]) <= b, "answer": text,
-                         "answer_tokens": len(gen.ids), "prompt_tokens": len(prompts[i]), "latency_s": seconds,
-                         "correct": verify.is_correct(p, text)})
+                         "sample": k, "budget": b, "thinking_tokens": used, "waits": think.waits,
+                         "forced": was_forced, "within_budget": natural[i] and len(thinking[i]) <= b,
+                         "answer": text, "answer_tokens": len(gen.ids), "prompt_tokens": len(prompts[i]),
+                         "latency_s": think.seconds + gen.seconds})
+    for row, (correct, extracted) in zip(rows, verify.grade_problems(items, processes=cfg.grade_processes)):
+        row["correct"], row["extracted"] = correct, extracted
     return rows
 
 
@@ -150,12 +162,22 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
                         "tokens_per_sample": tokens / len(rb),
                         "cost_per_correct": dollars / correct if correct else None})
     top = [r for r in rows if r["budget"] == cfg.budgets[-1]]
+    per_problem: dict[str, list] = {}
+    for r in top:
+        per_problem.setdefault(r["problem_id"], []).append((r["extracted"], r["correct"]))
     lat = sorted(r["latency_s"] for r in top)
     by_task = {}
     for r in top:
         by_task.setdefault(f"{r['task']}/L{r['level']}", []).append(r["correct"])
     return {"name": spec["name"], "role": spec["role"], "path": spec["path"], "params": params,
             "budgets": budgets,
+            # the parallel axis at the largest budget: k samples per problem cost k x the tokens of one
+            "parallel": metrics.parallel_axis(list(per_problem.values()), budgets[-1]["tokens_per_sample"],
+                                              cfg.seed),
+            "s1": {"control": statistics.mean(r["thinking_tokens"] >= min(cfg.min_thinking, r["budget"])
+                                              for r in rows),
+                   "scaling": metrics.s1_scaling([(b["mean_thinking_tokens"], b["accuracy"]) for b in budgets]),
+                   "performance": max(b["accuracy"] for b in budgets)},
             "accuracy_by_task_level": {k: statistics.mean(v) for k, v in sorted(by_task.items())},
             "cost": {"tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
                      "latency_p50_s": lat[len(lat) // 2], "latency_p95_s": lat[min(len(lat) - 1,
@@ -225,6 +247,7 @@ def run(cfg: EvalConfig) -> Path:
         write_jsonl(tmp / "samples.jsonl", samples)
         plots.accuracy_vs_thinking(models, tmp / "accuracy_vs_thinking.png")
         plots.accuracy_vs_cost(models, tmp / "accuracy_vs_cost.png")
+        plots.scaling_axes(models, tmp / "scaling_axes.png")
         inputs = {"problems": src} | {m["name"]: Path(m["path"]) for m in cfg.models if Path(m["path"]).is_dir()}
         finish(tmp, "eval", cfg, inputs, {"problems": len(problems), "samples": len(samples)}, started,
                fallbacks=fallbacks.items)

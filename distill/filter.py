@@ -1,8 +1,10 @@
 """Stage `filter`: score every trace and keep the good ones as an SFT dataset.
 
-Drops, in this order: truncated (thinking never closed, or the answer hit its token limit), wrong (the
-checker says so), over-long (thinking above `max_thinking_tokens`), duplicate (same thinking and answer as
-a kept sample of the same problem), surplus (more than `keep_per_problem`). Writes train.jsonl as chat
+Drops, in this order: contaminated (only when `decontaminate_against` lists eval sets: the problem shares
+a word 8-gram with one of them, see distill/decontaminate.py; the overlaps go to overlaps.jsonl), truncated
+(thinking never closed, or the answer hit its token limit), wrong (the checker says so), over-long
+(thinking above `max_thinking_tokens`), duplicate (same thinking and answer as a kept sample of the same
+problem), surplus (more than `keep_per_problem`). Writes train.jsonl as chat
 `messages` (the assistant turn is "<think>\\n…\\n</think>\\n" + answer, loadable with `datasets` and
 trainable by TRL as it is) and stats.json. Output: runs/<run>/filter/<name>/.
 """
@@ -12,11 +14,11 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill import verify
+from distill import decontaminate, verify
 from distill.artifacts import UserError, atomic_write_json, finish, read_jsonl, stage_dir, staging, write_jsonl
 from distill.config import check_literals, check_positive
 
@@ -34,9 +36,11 @@ class FilterConfig:
     max_thinking_tokens: int = 4096
     select: Literal["random", "shortest"] = "random"
     seed: int = 0
+    decontaminate_against: list[str] = field(default_factory=list)  # eval.jsonl files or eval/*.yaml recipes
 
     def __post_init__(self):
         check_literals(self)
+        self.decontaminate_against = decontaminate.as_paths("decontaminate_against", self.decontaminate_against)
         check_positive("keep_per_problem", self.keep_per_problem)
         check_positive("max_thinking_tokens", self.max_thinking_tokens)
 
@@ -53,6 +57,16 @@ def _verdict(cfg, r: dict, problem: dict) -> str | None:
     if r["thinking_tokens"] > cfg.max_thinking_tokens:
         return "overlong"
     return None
+
+
+def _contaminated(cfg: FilterConfig, problems: dict, traces: list[dict]) -> tuple[set, list[dict]]:
+    """Ids of the traced problems that overlap an eval set, and the overlaps (same check as the stage)."""
+    if not cfg.decontaminate_against:
+        return set(), []
+    traced = dict.fromkeys(r["problem_id"] for r in traces)
+    overlaps = decontaminate.find_overlaps([(pid, problems[pid]["problem"]) for pid in traced],
+                                           decontaminate.load_eval_sets(cfg.decontaminate_against))
+    return {o["train_id"] for o in overlaps}, overlaps
 
 
 def _histogram(values: list[int], bins: int = 10) -> dict:
@@ -77,9 +91,11 @@ def run(cfg: FilterConfig) -> Path:
     if orphans:
         raise UserError(f"{tr_path}: problem {orphans[0]!r} is not in {pr_path} ({len(orphans)} such samples)")
 
+    contaminated, overlaps = _contaminated(cfg, problems, traces)
     dropped, by_problem = Counter(), {}
     for r in traces:
-        reason = _verdict(cfg, r, problems[r["problem_id"]])
+        problem = problems[r["problem_id"]]
+        reason = "contaminated" if r["problem_id"] in contaminated else _verdict(cfg, r, problem)
         if reason:
             dropped[reason] += 1
         else:
@@ -107,10 +123,13 @@ def run(cfg: FilterConfig) -> Path:
             for r in kept]
     traced = {r["problem_id"] for r in traces}
     per_problem = Counter(r["problem_id"] for r in kept)
+    # "contaminated" appears only when the step is on, so the stats of a plain run keep their shape
+    reasons = ("contaminated", *REASONS) if cfg.decontaminate_against else REASONS
+    judged = len(traces) - dropped["contaminated"]  # contaminated samples are never checked
     stats = {
         "samples": len(traces), "problems": len(traced), "kept": len(kept),
-        "dropped": {k: dropped.get(k, 0) for k in REASONS},
-        "correct_rate": round(1 - (dropped["truncated"] + dropped["wrong"]) / len(traces), 4),
+        "dropped": {k: dropped.get(k, 0) for k in reasons},
+        "correct_rate": round(1 - (dropped["truncated"] + dropped["wrong"]) / max(judged, 1), 4),
         "problems_with_a_kept_sample": len(per_problem),
         "yield_per_problem": dict(sorted(Counter(per_problem.get(p, 0) for p in traced).items())),
         "kept_thinking_tokens": _histogram([r["thinking_tokens"] for r in kept]),
@@ -119,6 +138,8 @@ def run(cfg: FilterConfig) -> Path:
     with staging(out) as tmp:
         write_jsonl(tmp / "train.jsonl", rows)
         atomic_write_json(tmp / "stats.json", stats)
+        if cfg.decontaminate_against:
+            write_jsonl(tmp / "overlaps.jsonl", overlaps)
         finish(tmp, "filter", cfg, {"traces": tr_path, "problems": pr_path},
                {"samples": len(traces), "kept": len(kept), **stats["dropped"]}, started)
     print(f"filter: kept {len(kept)} of {len(traces)} samples; dropped {stats['dropped']} -> {out}")

@@ -21,6 +21,7 @@ class Gen:
     ids: list[int]  # generated tokens, ending with the stop token if one was hit
     stopped: bool  # a stop token ended it (else the token limit did)
     seconds: float  # wall time of the batch it ran in (its latency under batched serving)
+    waits: int = 0  # times budget forcing replaced an early `</think>` with the wait word
 
 
 def set_threads(threads: int) -> None:
@@ -106,18 +107,46 @@ def sample(model, tok, prompts: list[list[int]], max_new: int, stop: list[int], 
 
 
 def think_and_answer(model, tok, prompts: list[list[int]], *, max_thinking: int, max_answer: int,
-                     temperature: float, top_p: float, batch_size: int, seed: int, desc: str):
-    """Phase 1: thinking until `</think>` or `max_thinking` tokens. Phase 2: the answer, only for samples
-    that closed their thinking. Returns (thinking Gen, answer Gen or None) per prompt."""
+                     temperature: float, top_p: float, batch_size: int, seed: int, desc: str,
+                     min_thinking: int = 0, wait: str = "Wait", max_waits: int = 0):
+    """Phase 1: thinking until `</think>` or `max_thinking` tokens, extended (s1) while it closed before
+    `min_thinking`. Phase 2: the answer, only for samples that closed their thinking.
+    Returns (thinking Gen, answer Gen or None) per prompt."""
     close, eos = stop_tokens(tok)
     think = sample(model, tok, prompts, max_thinking, [close, eos], temperature=temperature, top_p=top_p,
                    batch_size=batch_size, seed=seed, desc=f"{desc} thinking")
+    for round_ in range(max_waits if min_thinking > 0 else 0):
+        think, extended = _extend(model, tok, prompts, think, close, eos, min_thinking, max_thinking, wait,
+                                  temperature=temperature, top_p=top_p, batch_size=batch_size,
+                                  seed=seed + 104729 * (round_ + 1), desc=f"{desc} wait {round_ + 1}")
+        if not extended:
+            break
     closed = [i for i, g in enumerate(think) if g.stopped and g.ids[-1] == close]
     answers = sample(model, tok, [prompts[i] + think[i].ids for i in closed], max_answer, [eos],
                      temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed + 7919,
                      desc=f"{desc} answer")
     by_index = dict(zip(closed, answers))
     return [(think[i], by_index.get(i)) for i in range(len(prompts))]
+
+
+def _extend(model, tok, prompts, think, close, eos, min_thinking, max_thinking, wait, **kw):
+    """s1's extension: a thinking closed before `min_thinking` gets its `</think>` replaced by the wait word
+    and goes on. The remaining budget is computed after the wait word and a sample is only extended while
+    it is > 0 (s1's code could ask for a budget <= 0)."""
+    wait_ids = tok(wait if wait.startswith((" ", "\n")) else "\n" + wait, add_special_tokens=False).input_ids
+    todo = [i for i, g in enumerate(think) if g.stopped and g.ids[-1] == close
+            and len(g.ids) - 1 < min_thinking and max_thinking - (len(g.ids) - 1 + len(wait_ids)) > 0]
+    if not todo:
+        return think, False
+    think = list(think)
+    base = [think[i].ids[:-1] + wait_ids for i in todo]
+    rooms = [max_thinking - len(b) for b in base]
+    # one call at the largest room; each sample is then cut to its own room (the first `room` tokens of a
+    # longer sample are what a call capped at `room` would have produced)
+    more = sample(model, tok, [prompts[i] + b for i, b in zip(todo, base)], max(rooms), [close, eos], **kw)
+    for i, b, room, g in zip(todo, base, rooms, more):
+        think[i] = Gen(b + g.ids[:room], g.stopped and len(g.ids) <= room, think[i].seconds + g.seconds, think[i].waits + 1)
+    return think, True
 
 
 def forced_answers(model, tok, prompts: list[list[int]], thinking: list[list[int]], cue: str, *,

@@ -57,3 +57,31 @@ def accuracy_vs_cost(models: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def scaling_axes(models: list[dict], path: Path) -> None:
+    """Per model, the two ways of spending test-time compute on the same axes: thinking longer (the budget
+    sweep, one sample) and sampling more (maj@k and pass@k over k samples at the largest budget)."""
+    plt = _plt()
+    cols = min(len(models), 4)
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, m in zip(axes.flat, models):
+        serial = [(b["tokens_per_sample"], b["accuracy"]) for b in m["budgets"]]
+        ax.plot(*zip(*serial), marker="o", label="serial: budget forcing")
+        par = m.get("parallel") or []
+        if par:
+            xs = [r["tokens_per_problem"] for r in par]
+            ax.plot(xs, [r["maj_at_k"] for r in par], marker="s", label="parallel: maj@k")
+            ax.plot(xs, [r["pass_at_k"] for r in par], marker="^", linestyle="--", label="pass@k (oracle)")
+        ax.set(xscale="log", title=_label(m), xlabel="generated tokens per problem", ylim=(0, 1.02))
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("accuracy (held-out)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Thinking longer vs sampling more")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

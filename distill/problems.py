@@ -1,7 +1,10 @@
 """Stage `problems`: write the train and held-out eval problem sets as JSONL.
 
-Sources: the built-in procedural tasks (the embedded default) or a local JSONL file with
-`id`, `problem` and `answer` per row. Output: runs/<run>/problems/{train,eval}.jsonl.
+Sources: the built-in procedural tasks (the embedded default), a local JSONL file with `id`, `problem` and
+`answer` per row, or a benchmark (source: benchmark): a local JSONL/Parquet file or a Hugging Face dataset
+read through a field mapping and normalised to one schema with a rendered `prompt` (distill/benchmarks.py,
+recipes in eval/). Output: runs/<run>/problems/{train,eval}.jsonl; a benchmark may be eval-only, and then
+no train.jsonl is written.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill import tasks
+from distill import benchmarks, tasks
 from distill.artifacts import UserError, finish, read_jsonl, stage_dir, staging, write_jsonl
 from distill.config import check_literals, check_positive
 
@@ -20,15 +23,26 @@ from distill.config import check_literals, check_positive
 class ProblemsConfig:
     run: str = "demo"
     runs_dir: str = "runs"
-    source: Literal["builtin", "jsonl"] = "builtin"
+    source: Literal["builtin", "jsonl", "benchmark"] = "builtin"
     tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
     levels: dict = field(default_factory=lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]})  # per task
     train_per_task: int | dict = 1000  # or {task: count}
     eval_per_task: int = 100
     eval_fraction: float = 0.2  # share of the problem space reserved for eval (by a hash of the text)
     seed: int = 0
-    train_path: str = ""  # source=jsonl: files with id, problem, answer per row
+    train_path: str = ""  # source=jsonl: files with id, problem, answer per row; benchmark: optional train file
     eval_path: str = ""
+    # source=benchmark (distill/benchmarks.py; recipes in eval/)
+    benchmark: str = ""  # name written into every row (default: the run name)
+    path: str = ""  # local JSONL or Parquet of the eval split; when empty, hf_id is loaded instead
+    hf_id: str = ""  # Hugging Face dataset id, read through datasets.load_dataset
+    hf_config: str = ""
+    split: str = "test"  # hf_id's eval split
+    train_split: str = ""  # hf_id's train split, if any ("": the benchmark is eval-only)
+    fields: dict = field(default_factory=dict)  # {problem, answer, id, level, subject} -> input field name
+    answer_extract: Literal["none", "gsm8k", "boxed"] = "none"  # how the gold comes out of the answer field
+    answer_type: Literal["integer", "math"] = "math"
+    prompt_template: str = "{problem}"
 
     def __post_init__(self):
         check_literals(self)
@@ -44,6 +58,18 @@ class ProblemsConfig:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.source == "jsonl" and not (self.train_path and self.eval_path):
             raise ValueError("source=jsonl needs train_path and eval_path")
+        if self.source == "benchmark":
+            self._check_benchmark()
+
+    def _check_benchmark(self):
+        self.benchmark = self.benchmark or self.run
+        if not (self.path or self.hf_id):
+            raise ValueError("source=benchmark needs path (a local JSONL/Parquet file) or hf_id")
+        if self.benchmark in tasks.FAMILIES:
+            raise ValueError(f"benchmark {self.benchmark!r} is the name of a built-in task")
+        benchmarks.check_fields(self.fields)
+        if "{problem}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain {problem}")
 
 
 def _builtin(cfg: ProblemsConfig, split: str, n: int | dict) -> list[dict]:
@@ -59,12 +85,21 @@ def _local(path: str, split: str) -> list[dict]:
     return [{"task": "math", "level": 0, "source": str(path), **r, "answer": str(r["answer"])} for r in rows]
 
 
+def _inputs(cfg: ProblemsConfig) -> dict[str, Path]:
+    """Local input files, hashed into the manifest so a changed benchmark file is visible."""
+    paths = {"builtin": {}, "jsonl": {"train": cfg.train_path, "eval": cfg.eval_path},
+             "benchmark": {"train": cfg.train_path, "eval": cfg.path}}[cfg.source]
+    return {name: Path(p) for name, p in paths.items() if p}
+
+
 def run(cfg: ProblemsConfig) -> Path:
     started = time.time()
     if cfg.source == "builtin":
         train, held_out = _builtin(cfg, "train", cfg.train_per_task), _builtin(cfg, "eval", cfg.eval_per_task)
-    else:
+    elif cfg.source == "jsonl":
         train, held_out = _local(cfg.train_path, "train"), _local(cfg.eval_path, "eval")
+    else:
+        train, held_out = benchmarks.load(cfg, "train"), benchmarks.load(cfg, "eval")
     for name, rows in (("train", train), ("eval", held_out)):
         if name == "eval" and not rows:
             raise UserError(f"problems: the {name} set is empty")
@@ -72,9 +107,12 @@ def run(cfg: ProblemsConfig) -> Path:
     if overlap:
         raise UserError(f"problems: {len(overlap)} eval problems also appear in train, e.g. {min(overlap)!r}")
     out = stage_dir(cfg.runs_dir, cfg.run, "problems")
+    # an eval-only benchmark has no train.jsonl at all, so nothing downstream mistakes it for an empty set
+    write_train = cfg.source != "benchmark" or bool(train)
     with staging(out) as tmp:
-        write_jsonl(tmp / "train.jsonl", train)
+        if write_train:
+            write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "eval.jsonl", held_out)
-        finish(tmp, "problems", cfg, {}, {"train": len(train), "eval": len(held_out)}, started)
+        finish(tmp, "problems", cfg, _inputs(cfg), {"train": len(train), "eval": len(held_out)}, started)
     print(f"problems: {len(train)} train, {len(held_out)} held-out eval -> {out}")
     return out

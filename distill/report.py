@@ -106,10 +106,30 @@ def _eval_sections(res: dict) -> list[str]:
         *_table(["model"] + [f"B={b}" for b in budgets], think), "",
         "![accuracy vs thinking tokens](eval/accuracy_vs_thinking.png)", "",
         f"Accuracy by task and level at B={budgets[-1]}:", "", *_table(["model"] + keys, by_task), "",
+        *_scaling_section(models, budgets),
         "## 6. Serving cost (measured in the same run, batched generation)",
         *_table(["model", "params", "tokens/s", "latency p50 s", "latency p95 s", "peak memory MB",
                  "FLOPs/problem", "$ per correct"], cost), "",
         "![accuracy vs cost](eval/accuracy_vs_cost.png)", ""]
+
+
+def _scaling_section(models: list[dict], budgets: list[int]) -> list[str]:
+    """Thinking longer (budget forcing) against sampling more (maj@k / pass@k at the largest budget)."""
+    if not any(m.get("parallel") for m in models):
+        return []
+    ks = [r["k"] for r in models[0]["parallel"]]
+    par = [[m["name"]] + [f"{r['maj_at_k']:.3f} / {r['pass_at_k']:.3f} ({r['tokens_per_problem']:,.0f})"
+                          for r in m["parallel"]] for m in models]
+    s1 = [[m["name"], f"{m['s1']['control']:.2f}",
+           "-" if m["s1"]["scaling"] is None else f"{m['s1']['scaling']:+.3f}", f"{m['s1']['performance']:.3f}"]
+          for m in models]
+    return [f"Sampling more at B={budgets[-1]}: maj@k / pass@k (generated tokens per problem):", "",
+            *_table(["model"] + [f"k={k}" for k in ks], par), "",
+            "s1's metrics for budget forcing: control (share of samples whose thinking stayed within the "
+            "forced bounds), scaling (mean slope of accuracy per 1,000 thinking tokens over budget pairs), "
+            "performance (best accuracy):", "",
+            *_table(["model", "control", "scaling", "performance"], s1), "",
+            "![thinking longer vs sampling more](eval/scaling_axes.png)", ""]
 
 
 def checks(res: dict) -> list[tuple[str, bool, str]]:

@@ -128,7 +128,7 @@ def run(cfg: SftConfig) -> Path:
     model, tok = _load_model(cfg, fallbacks)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
     ckpt_dir = out / "checkpoints"
-    args = SFTConfig(
+    settings = dict(
         output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, warmup_steps=cfg.warmup,
         lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -139,7 +139,11 @@ def run(cfg: SftConfig) -> Path:
         save_total_limit=1,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding", bf16=torch.cuda.is_available(),
-        disable_tqdm=False, **cfg.trl)
+        disable_tqdm=False)
+    try:
+        args = SFTConfig(**(settings | cfg.trl))  # `trl:` settings override ours
+    except (TypeError, ValueError) as e:
+        raise UserError(f"sft: bad trl setting: {str(e).splitlines()[0]}") from None
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
     if resume:

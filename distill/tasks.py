@@ -16,7 +16,10 @@ import re
 
 from distill.artifacts import UserError
 
-ANSWER_TEMPLATE = "The answer is {}."
+# Short, and the same cue eval's budget forcing appends: the answer sits a few tokens after the thinking's
+# last line, which ends with that answer. A sentence ("The answer is 7.") puts it further away, and a tiny
+# model then learned a shortcut (copy x from the prompt) instead: answer-token accuracy stalled near 0.8.
+ANSWER_TEMPLATE = "Final answer: {}"
 
 
 # Every line of reasoning has a fixed layout and is computed from the line above it: what a line needs is
@@ -64,16 +67,21 @@ def _satisfies(cons: list, v: int) -> bool:
 
 
 def _padded(cons: list) -> list:
-    """The constraints plus empty blocks, so that every level has the same line width."""
-    return cons + [[None] * 3] * (BLOCKS - len(cons))
+    """Empty blocks first, then the constraints, so every level has the same line width and the last block
+    before the verdict is always a real constraint."""
+    return [[None] * 3] * (BLOCKS - len(cons)) + cons
 
 
 def _block(a, b, c, v=None) -> str:
-    """One constraint checked at x = v ("a*v=p+b=result/target"); v=None gives the prompt's "?" layout."""
+    """One constraint checked at x = v: "a*v=p+b=r-c=d", d = r - c (mod 10), so d = 0 means it holds.
+    v=None gives the prompt's layout. A difference is one more small table like the product and the sum;
+    the earlier "r/c ok|no" needed an equality test, which a tiny model had only learned to 0.8."""
     if a is None:
-        return "_" * 11
-    # the product and the sum are each taken mod 10 as they are written: two small tables, not one big one
-    return f"{a}*?=?+{b}=?/{c}" if v is None else f"{a}*{v}={a * v % 10}+{b}={(a * v + b) % 10}/{c}"
+        return "_" * 13  # no constraint
+    if v is None:
+        return f"{a}*?=?+{b}=?-{c}=?"
+    r = (a * v + b) % 10
+    return f"{a}*{v}={a * v % 10}+{b}={r}-{c}={(r - c) % 10}"
 
 
 def search_make(rng: random.Random, level: int) -> dict:
@@ -88,19 +96,20 @@ def search_make(rng: random.Random, level: int) -> dict:
     # The gold answer is the smallest solution: the checker accepts any x that satisfies all constraints.
     gold = next(v for v in range(10) if _satisfies(cons, v))
     # As in chain, the prompt ends with the layout of a reasoning line, x unknown ("?").
-    return {"problem": f"find x (mod 10): ?: {text}", "answer": str(gold),
+    return {"problem": f"find x (mod 10): ?: {text} ? ?", "answer": str(gold),
             "meta": {"constraints": cons}}
 
 
 def search_solve(p: dict) -> str:
-    """One line per candidate x = 0, 1, ...: every constraint checked (a*x+b=result/target), then the
-    verdict; a failed candidate is abandoned for the next one."""
+    """One line per candidate x = 0, 1, ...: every constraint checked (a*x+b=result-target=difference), then
+    the verdict ("so x" when every difference is 0, else "not x"); a failed candidate is abandoned for the next one. Each
+    line ends with its candidate, so the answer is right after the last line."""
     cons = p["meta"]["constraints"]
     lines = []
     for v in range(10):
         ok = _satisfies(cons, v)
         blocks = " ".join(_block(a, b, c, v) for a, b, c in _padded(cons))
-        lines.append(f"{v}: {blocks} {'ok' if ok else 'no'}")
+        lines.append(f"{v}: {blocks} {'so' if ok else 'not'} {v}")
         if ok:
             break
     return "\n".join(lines)

@@ -24,7 +24,7 @@ eval:
   budgets: [4, 16, 64]
   n: 2
   max_answer_tokens: 8
-  answer_cue: "The answer is"
+  answer_cue: "Final answer:"
   batch_size: 64
   models:
     - {{name: teacher, role: teacher, path: {tmp_path}/runs/e2e/sft/teacher/model}}

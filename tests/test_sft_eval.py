@@ -47,7 +47,7 @@ def test_assistant_only_mask_covers_the_reasoning_and_answer_only(built):
 def test_eval_results_schema_budgets_and_plots(built):
     model = str(built / "t" / "init" / "tiny")
     cfg = ev.EvalConfig(run="t", runs_dir=str(built), budgets=[2, 6, 12], n=2, max_answer_tokens=4,
-                        batch_size=8, threads=1, answer_cue="The answer is",
+                        batch_size=8, threads=1, answer_cue="Final answer:",
                         models=[{"name": "teach", "role": "teacher", "path": model},
                                 {"name": "stud", "role": "student", "path": model}])
     out = ev.run(cfg)
@@ -66,7 +66,7 @@ def test_eval_results_schema_budgets_and_plots(built):
     assert len(rows) == 2 * 12 * 2 * 3  # models x problems x samples x budgets
     assert all(r["thinking_tokens"] <= r["budget"] for r in rows)
     assert all(r["forced"] == (not r["within_budget"]) for r in rows)
-    assert all(r["answer"].startswith("The answer is") for r in rows if r["forced"])
+    assert all(r["answer"].startswith("Final answer:") for r in rows if r["forced"])
     for png in ("accuracy_vs_thinking.png", "accuracy_vs_cost.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert (out / "results.csv").read_text().count("\n") == 1 + 2 * 3

@@ -41,8 +41,8 @@ def test_search_checker_accepts_any_valid_solution_and_rejects_others():
 def test_search_reference_checks_and_moves_on():
     p = {"task": "search", "meta": {"constraints": [[1, 0, 3], [3, 0, 9]]}, "answer": "3"}
     lines = tasks.reference_solution(p)[0].splitlines()
-    assert lines[0] == "0: 1*0=0+0=0/3 3*0=0+0=0/9 no"
-    assert lines[-1] == "3: 1*3=3+0=3/3 3*3=9+0=9/9 ok" and len(lines) == 4
+    assert lines[0] == "0: 1*0=0+0=0-3=7 3*0=0+0=0-9=1 not 0"
+    assert lines[-1] == "3: 1*3=3+0=3-3=0 3*3=9+0=9-9=0 so 3" and len(lines) == 4
 
 
 def test_tape_lines_have_equal_token_width(built):

@@ -26,7 +26,7 @@ def test_solver_traces_then_filter_make_a_trl_ready_dataset(built):
     ds = load_dataset("json", data_files=str(f / "train.jsonl"), split="train")
     msg = ds[0]["messages"]
     assert [m["role"] for m in msg] == ["user", "assistant"]
-    assert msg[1]["content"].startswith("<think>\n") and "\n</think>\nThe answer is" in msg[1]["content"]
+    assert msg[1]["content"].startswith("<think>\n") and "\n</think>\nFinal answer: " in msg[1]["content"]
     manifest = json.loads((f / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == len(problems) and manifest["inputs"]["traces"]["sha256"]
 

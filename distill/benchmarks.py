@@ -1,0 +1,195 @@
+"""Benchmarks as data: read a benchmark from a local JSONL/Parquet file or a Hugging Face dataset and
+normalise every row to one problem schema.
+
+A benchmark is described by the `problems:` section of a recipe in eval/ (source: benchmark); see
+eval/gsm8k.yaml. The normalised row, written by the `problems` stage to runs/<run>/problems/eval.jsonl:
+
+    id           str   the mapped id field, or "<benchmark>-<split>-<index>" when none is mapped
+    problem      str   the raw problem text (what decontamination compares)
+    prompt       str   prompt_template with {problem} filled in (what the model sees)
+    answer       str   the gold answer, after answer_extract and, for answer_type integer, as a plain integer
+    answer_type  str   integer | math (how a response is graded)
+    benchmark    str   the benchmark's name
+    task         str   the benchmark's name again: eval groups its accuracy by task and level
+    source       str   the file path, or hf:<id>[/<config>]:<split>
+    level        int | str   (when mapped) "Level 3" becomes 3
+    subject      str   (when mapped)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from distill.artifacts import UserError
+
+FIELDS = ("problem", "answer", "id", "level", "subject")  # the keys a field mapping may have
+EXTRACTORS = ("none", "gsm8k", "boxed")
+
+
+def check_fields(fields: dict) -> None:
+    """A field mapping {our field: input field}; raises ValueError (a config error) for an unknown key."""
+    if not isinstance(fields, dict):
+        raise TypeError(f"fields must be a mapping of {', '.join(FIELDS)} to input field names, got {fields!r}")
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"fields: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(FIELDS)})")
+    bad = [k for k, v in fields.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise ValueError(f"fields.{bad[0]} must name an input field, got {fields[bad[0]]!r}")
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """(where, row) for each row of a local JSONL or Parquet file; `where` is "file:line" (JSONL) or
+    "file row N" (Parquet), so every later error can point at the offending row."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a corrupt file
+            raise UserError(f"{path}: not a readable Parquet file ({type(e).__name__})") from None
+        for i, row in enumerate(rows, 1):
+            yield f"{path} row {i}", row
+        return
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}:{i}", row
+
+
+def hub_rows(hf_id: str, hf_config: str, split: str) -> Iterator[tuple[str, dict]]:
+    """(where, row) for a Hugging Face dataset split, loaded through `datasets` (cached or online)."""
+    label = f"hf:{hf_id}" + (f"/{hf_config}" if hf_config else "") + f":{split}"
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(hf_id, hf_config or None, split=split)
+    except Exception as e:  # noqa: BLE001 -- offline, unknown id or split...: all the user's to fix
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"{label}: could not load the dataset ({type(e).__name__}: {msg}); "
+                        f"set `path` to a local copy instead") from None
+    for i, row in enumerate(ds, 1):
+        yield f"{label} row {i}", row
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...} (nested braces balanced), or of `\boxed 2` (no braces, as in two
+    MATH train solutions); None when there is none or its braces never close."""
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    rest = text[start + len("\\boxed"):]
+    if not rest.lstrip().startswith("{"):
+        m = re.match(r"\s+([^\s$]+)", rest)
+        return m.group(1) if m else None
+    rest = rest.lstrip()
+    depth = 0
+    for i, ch in enumerate(rest):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[1:i]
+    return None
+
+
+def canonical_integer(value) -> str | None:
+    """'1,450' -> '1450', 27.0 -> '27', '025' -> '25'; None when the value is not a whole number, so the
+    integer grader's exact match compares like with like."""
+    text = str(value).replace(",", "").strip()
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not d.is_finite() or d != d.to_integral_value():
+        return None
+    return str(int(d))
+
+
+def extract_gold(value, how: str, answer_type: str, where: str, field: str) -> str:
+    if how == "gsm8k":  # a worked solution ending "#### 1,450"
+        text = str(value)
+        if "####" not in text:
+            raise UserError(f"{where}: field {field!r} has no '#### <answer>' line")
+        gold = text.rsplit("####", 1)[1].strip().replace(",", "")
+    elif how == "boxed":  # a worked solution whose final answer is its last \boxed{}
+        gold = last_boxed(str(value))
+        if gold is None:
+            raise UserError(f"{where}: field {field!r} has no complete \\boxed{{...}} answer")
+        gold = gold.strip()
+    else:
+        gold = str(value).strip()
+    if answer_type == "integer":
+        number = canonical_integer(gold)
+        if number is None:
+            raise UserError(f"{where}: answer {gold!r} (field {field!r}) is not an integer, "
+                            f"but answer_type is integer")
+        gold = number
+    if not gold:
+        raise UserError(f"{where}: field {field!r} gives an empty answer")
+    return gold
+
+
+def _level(value):
+    m = re.fullmatch(r"Level (\d+)", str(value).strip())
+    return int(m.group(1)) if m else value
+
+
+def normalise(cfg, where: str, row: dict, index: int, split: str) -> dict:
+    """One input row -> the normalised schema. `cfg` is a ProblemsConfig (source=benchmark)."""
+    mapping = {"problem": "problem", "answer": "answer", **cfg.fields}
+    missing = [mapping[k] for k in FIELDS if k in mapping and mapping[k] not in row]
+    if missing:
+        raise UserError(f"{where}: missing field(s) {', '.join(missing)} (known: {', '.join(map(str, row))})")
+    problem = row[mapping["problem"]]
+    if not isinstance(problem, str) or not problem.strip():
+        raise UserError(f"{where}: field {mapping['problem']!r} (problem) is empty or not text")
+    out = {"id": str(row[mapping["id"]]) if "id" in mapping else f"{cfg.benchmark}-{split}-{index:05d}",
+           "problem": problem,
+           "prompt": cfg.prompt_template.replace("{problem}", problem),
+           "answer": extract_gold(row[mapping["answer"]], cfg.answer_extract, cfg.answer_type, where,
+                                  mapping["answer"]),
+           "answer_type": cfg.answer_type, "benchmark": cfg.benchmark, "task": cfg.benchmark}
+    if "level" in mapping:
+        out["level"] = _level(row[mapping["level"]])
+    if "subject" in mapping:
+        out["subject"] = row[mapping["subject"]]
+    return out
+
+
+def load(cfg, split: str) -> list[dict]:
+    """The normalised rows of the eval split (`path`, else `hf_id` at `split`) or the train split
+    (`train_path`, else `hf_id` at `train_split`); [] for a benchmark without a train split."""
+    if split == "eval":
+        path, hub_split = cfg.path, cfg.split
+    else:
+        path, hub_split = cfg.train_path, cfg.train_split if cfg.hf_id else ""
+    if path:
+        source, rows = str(path), read_rows(path)
+    elif hub_split:
+        source, rows = f"hf:{cfg.hf_id}:{hub_split}", hub_rows(cfg.hf_id, cfg.hf_config, hub_split)
+    else:
+        return []
+    out, seen = [], {}
+    for index, (where, row) in enumerate(rows):
+        r = {**normalise(cfg, where, row, index, split), "source": source}
+        if r["id"] in seen:
+            raise UserError(f"{where}: duplicate id {r['id']!r} (first at {seen[r['id']]})")
+        seen[r["id"]] = where
+        out.append(r)
+    return out

@@ -1,0 +1,151 @@
+"""Benchmark recipes (eval/*.yaml) load the real files in ../shared/data and normalise them to one schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from distill import benchmarks, cli, problems
+from distill.artifacts import UserError, read_jsonl
+from distill.config import build, load_recipe
+
+from .conftest import ROOT, distill
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SCHEMA = {"id", "problem", "prompt", "answer", "answer_type", "source", "benchmark", "task"}
+ALL_FIELDS = {f.name for s in cli.STAGES for f in dataclasses.fields(cli._config_class(s))}
+
+# recipe -> (data file, rows, answer_type, has level/subject, {id: gold} spot checks)
+CASES = {
+    "gsm8k": ("gsm8k/test.jsonl", 1319, "integer", False,
+              {"gsm8k-eval-00000": "18", "gsm8k-eval-00146": "2125", "gsm8k-eval-00201": "114200"}),
+    "math500": ("math500/test.jsonl", 500, "math", True,
+                {"test/precalculus/807.json": "\\left( 3, \\frac{\\pi}{2} \\right)"}),
+    "math": ("math/test.jsonl", 5000, "math", True,
+             {"test/algebra/1.json": "2", "test/algebra/526.json": "\\frac{5\\sqrt{3}}{3}",
+              "test/algebra/32.json": "7,9,12,13",  # several \boxed{}: the last one counts
+              "test/precalculus/807.json": "\\left( 3, \\frac{\\pi}{2} \\right)"}),
+    "aime24": ("aime24/test.jsonl", 30, "integer", False, {"60": "204", "67": "25"}),  # "025" -> "25"
+    "aime25": ("aime25/test.jsonl", 30, "integer", False, {"2025-I-1": "70", "2025-II-15": "240"}),
+    "amc23": ("amc23/test.jsonl", 40, "integer", False, {"0": "27", "17": "-1", "3": "3159"}),  # floats
+}
+
+
+def _config(name: str, runs_dir: Path, **overrides) -> problems.ProblemsConfig:
+    recipe_path = ROOT / "eval" / f"{name}.yaml"
+    recipe = load_recipe(str(recipe_path))
+    overrides = {"runs_dir": str(runs_dir), **overrides}
+    return build(problems.ProblemsConfig, "problems", recipe, overrides, str(recipe_path), set(cli.STAGES),
+                 ALL_FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_recipe_loads_its_real_benchmark(name, tmp_path):
+    data, count, answer_type, has_level, golds = CASES[name]
+    if not (SHARED / data).is_file():
+        pytest.skip(f"{SHARED / data} is absent")
+    cfg = _config(name, tmp_path)
+    assert (ROOT / cfg.path).resolve() == (SHARED / data).resolve()  # the recipe works from the repo root
+    out = problems.run(dataclasses.replace(cfg, path=str(SHARED / data)))
+    rows = read_jsonl(out / "eval.jsonl")
+    assert len(rows) == count and len({r["id"] for r in rows}) == count
+    assert not (out / "train.jsonl").exists()  # eval-only benchmark
+    for r in rows:
+        assert SCHEMA <= set(r) and r["benchmark"] == name and r["answer_type"] == answer_type
+        assert r["prompt"].startswith(r["problem"]) and r["prompt"].endswith("within \\boxed{}.")
+        assert ("level" in r and "subject" in r) == has_level
+        if answer_type == "integer":
+            assert str(int(r["answer"])) == r["answer"]  # no commas, no ".0", no leading zeros
+    by_id = {r["id"]: r["answer"] for r in rows}
+    assert {k: by_id[k] for k in golds} == golds
+    # the eval section uses only keys that EvalConfig has, and points at the file just written
+    recipe = load_recipe(str(ROOT / "eval" / f"{name}.yaml"))
+    assert set(recipe["eval"]) <= {f.name for f in dataclasses.fields(cli._config_class("eval"))}
+    assert recipe["eval"]["problems"] == f"runs/{name}/problems/eval.jsonl" and recipe["run"] == name
+
+
+def test_math_levels_and_subjects_are_normalised(tmp_path):
+    if not (SHARED / "math/test.jsonl").is_file():
+        pytest.skip("MATH is absent")
+    cfg = dataclasses.replace(_config("math", tmp_path), path=str(SHARED / "math/test.jsonl"))
+    rows = benchmarks.load(cfg, "eval")
+    assert {r["level"] for r in rows} == {1, 2, 3, 4, 5}  # "Level 3" -> 3, as MATH-500 has it
+    assert len({r["subject"] for r in rows}) == 7
+
+
+def test_gold_extraction():
+    assert benchmarks.last_boxed("so $\\boxed{1}$ and then $\\boxed{\\frac{a}{b^{2}}}$.") == "\\frac{a}{b^{2}}"
+    assert benchmarks.last_boxed("thus $\\boxed 2$.") == "2"  # two MATH train solutions are written so
+    assert benchmarks.last_boxed("\\boxed{\\frac{1}{2}") is None and benchmarks.last_boxed("no box") is None
+    assert [benchmarks.canonical_integer(v) for v in ("1,450", 27.0, "025", "-3", "2.5", "x")] == \
+        ["1450", "27", "25", "-3", None, None]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _recipe(tmp_path: Path, data: Path, **problems_section) -> Path:
+    section = {"source": "benchmark", "benchmark": "toy", "path": str(data),
+               "fields": {"problem": "question", "answer": "answer"}, "answer_extract": "gsm8k",
+               "answer_type": "integer", **problems_section}
+    path = tmp_path / "toy.yaml"
+    path.write_text(json.dumps({"run": "toy", "runs_dir": str(tmp_path / "runs"), "problems": section}))
+    return path
+
+
+def test_train_split_parquet_and_hub(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question": f"How many apples are in basket {i}?", "answer": f"count\n#### 1,00{i}"} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
+    train = _write(tmp_path / "train.jsonl", [{"question": "Two plus two?", "answer": "#### 4"}])
+    cfg = problems.ProblemsConfig(source="benchmark", benchmark="toy", path=str(tmp_path / "test.parquet"),
+                                  train_path=str(train), fields={"problem": "question"}, answer_extract="gsm8k",
+                                  answer_type="integer", runs_dir=str(tmp_path / "r"))
+    out = problems.run(cfg)
+    assert [r["answer"] for r in read_jsonl(out / "eval.jsonl")] == ["1000", "1001", "1002"]
+    assert [r["id"] for r in read_jsonl(out / "train.jsonl")] == ["toy-train-00000"]
+
+    import datasets  # with path empty, hf_id is read through datasets.load_dataset (stubbed: no network)
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or rows)
+    hub = dataclasses.replace(cfg, path="", train_path="", hf_id="org/toy", hf_config="main")
+    assert [r["answer"] for r in benchmarks.load(hub, "eval")] == ["1000", "1001", "1002"]
+    assert calls == [(("org/toy", "main"), {"split": "test"})]
+    assert benchmarks.load(hub, "train") == []  # no train_split: eval-only
+
+
+@pytest.mark.parametrize(("rows", "section", "message"), [
+    ([{"question": "q"}], {}, ":1: missing field(s) answer"),
+    ([{"question": "q", "answer": "#### 3"}, {"question": "q2", "answer": "no marker"}], {},
+     ":2: field 'answer' has no '#### <answer>' line"),
+    ([{"question": "q", "answer": "#### 3.5"}], {}, ":1: answer '3.5' (field 'answer') is not an integer"),
+    ([{"question": "q", "answer": "#### 3"}], {"fields": {"problem": "question", "gold": "answer"}},
+     "fields: unknown key(s) gold"),
+    ([{"question": "q", "answer": "#### 3"}], {"prompt_template": "Solve it."}, "must contain {problem}"),
+    ([], {"path": "/nonexistent/test.jsonl"}, "/nonexistent/test.jsonl: file not found"),
+])
+def test_bad_benchmark_input_is_a_one_line_error(tmp_path, rows, section, message):
+    data = _write(tmp_path / "data.jsonl", rows)
+    proc = distill("problems", "--config", str(_recipe(tmp_path, data, **section)), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_loader_errors_name_the_row(tmp_path):
+    data = _write(tmp_path / "d.jsonl", [{"question": "a", "answer": "#### 1", "i": 1},
+                                         {"question": "b", "answer": "#### 2", "i": 1}])
+    cfg = problems.ProblemsConfig(source="benchmark", benchmark="toy", path=str(data), answer_extract="gsm8k",
+                                  fields={"problem": "question", "id": "i"})
+    with pytest.raises(UserError, match=r"d\.jsonl:2: duplicate id '1' \(first at .*d\.jsonl:1\)"):
+        benchmarks.load(cfg, "eval")
+    with pytest.raises(UserError, match="the eval set is empty"):
+        problems.run(dataclasses.replace(cfg, path=str(_write(tmp_path / "e.jsonl", [])),
+                                         runs_dir=str(tmp_path / "r")))
