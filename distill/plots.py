@@ -45,15 +45,21 @@ def accuracy_vs_thinking(models: list[dict], path: Path) -> None:
 def accuracy_vs_cost(models: list[dict], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = 0
     for m in models:
         pts = [(b["cost_per_correct"], b["accuracy"]) for b in m["budgets"] if b["cost_per_correct"]]
         if pts:
             ax.plot(*zip(*pts), label=_label(m), **_style(m))
+            drawn += 1
     price = models[0]["cost"]["price_per_hour"] if models else 0
     ax.set(xscale="log", xlabel=f"cost per correct answer ($, machine at ${price}/h)",
            ylabel="accuracy (held-out)", ylim=(0, 1.02), title="Accuracy vs serving cost (one point per budget)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:  # say so rather than leave a blank figure
+        ax.text(0.5, 0.5, "no correct answers: cost per correct answer is undefined", ha="center",
+                transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

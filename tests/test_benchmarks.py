@@ -149,3 +149,24 @@ def test_loader_errors_name_the_row(tmp_path):
     with pytest.raises(UserError, match="the eval set is empty"):
         problems.run(dataclasses.replace(cfg, path=str(_write(tmp_path / "e.jsonl", [])),
                                          runs_dir=str(tmp_path / "r")))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_eval_runs_each_recipe_end_to_end_on_a_tiny_model(name, built, tmp_path, monkeypatch):
+    """`distill problems` then `distill eval` with the shipped recipe, only the model, the size and the
+    budgets overridden: a tiny untrained model scores ~0, but the run, the grading and the files are real."""
+    if not (SHARED / CASES[name][0]).is_file():
+        pytest.skip(f"{SHARED / CASES[name][0]} is absent")
+    monkeypatch.chdir(ROOT)  # recipe paths are relative to the repository root
+    recipe, runs = f"eval/{name}.yaml", f"runs_dir={tmp_path}"
+    assert cli.main(["problems", "--config", recipe, runs]) == 0
+    model = f"models=[{{name: tiny, role: student, path: {built / 't' / 'init' / 'tiny'}}}]"
+    assert cli.main(["eval", "--config", recipe, runs, model, f"problems={tmp_path}/{name}/problems/eval.jsonl",
+                     "limit=3", "budgets=[4,8]", "n=2", "max_answer_tokens=6", "threads=1"]) == 0
+    out = tmp_path / name / "eval"
+    results = json.loads((out / "results.json").read_text())
+    [m] = results["models"]
+    assert [b["budget"] for b in m["budgets"]] == [4, 8] and m["params"] > 0
+    samples = read_jsonl(out / "samples.jsonl")
+    assert len(samples) == 3 * 2 * 2 and all(isinstance(s["correct"], bool) for s in samples)
+    assert all((out / p).stat().st_size > 0 for p in ("accuracy_vs_thinking.png", "results.csv"))
