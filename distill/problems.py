@@ -26,7 +26,7 @@ class ProblemsConfig:
     source: Literal["builtin", "jsonl", "benchmark"] = "builtin"
     tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
     levels: dict = field(default_factory=lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]})  # per task
-    train_per_task: int | dict = 1000  # or {task: count}
+    train_per_task: int | dict = 500  # or {task: count}; each task has ~600-800 distinct training problems
     eval_per_task: int = 100
     eval_fraction: float = 0.2  # share of the problem space reserved for eval (by a hash of the text)
     seed: int = 0

@@ -22,101 +22,89 @@ from distill.artifacts import UserError
 ANSWER_TEMPLATE = "Final answer: {}"
 
 
-# Every line of reasoning has a fixed layout and is computed from the line above it: what a line needs is
-# copied from the same column one line up, plus one small local computation. Tiny transformers learn that
-# in a few hundred steps; layouts where the model must fetch "the k-th operand" from the prompt far behind,
-# or a tape that shifts left on every line, had not been learned after 1,000+ steps here.
-BLOCKS = 2  # search: constraint blocks per line (levels 1-2 are 1-2 constraints)
+# Every line of reasoning has a fixed layout, and everything a line needs is in the lines just above it:
+# a value copied from the same column one or two lines up, or from just to its left, plus lookups in the
+# mod-10 addition table. The prompt is a worksheet: two lines in that layout with the unknowns as "?", so
+# the first line of reasoning is made exactly like every later one. Both families share the layout (a
+# counter that counts down, then running sums) so what a tiny model learns on one serves the other.
+# Measured here (bench/RESULTS.md), all on a 0.3M-parameter Qwen2 in ~200 steps: with a sentence stating
+# the problem before the worksheet, or a counter counting up, or a search checked against a target given
+# in the problem, the model learned one family and not the other (or neither); this layout learned both.
+
+# Addends are 1..5: the addition table a tiny model must learn then has 50 entries. With addends up to 9
+# (90 entries) the same model learned the table after anywhere from 150 to over 400 steps depending on the
+# seed; with 1..5 it had it by step 100 for every seed tried (bench/RESULTS.md).
+MAX_ADD = 5
 
 
-# --- chain: multi-step arithmetic, iterate x -> a*x+b (mod 10) ----------------------------------------
+def _run(x: int, adds: list[int]) -> list[int]:
+    """The running sum after each addend (mod 10)."""
+    out = []
+    for a in adds:
+        x = (x + a) % 10
+        out.append(x)
+    return out
+
+
+def _sums(x: int, adds: list[int]) -> str:
+    return f"{x}" + "".join(f"+{a}={r}" for a, r in zip(adds, _run(x, adds)))
+
+
+# --- chain: multi-step arithmetic, k rounds of "add a, then b" (mod 10) ------------------------------
 def chain_make(rng: random.Random, level: int) -> dict:
+    """Start at x and do `level` rounds of +a, +b (mod 10). The worksheet "k x+a=?+b=?" counts the rounds
+    left; each round starts from the last round's result."""
     if not 1 <= level <= 4:
         raise UserError(f"chain: level must be 1..4, got {level}")
-    a, b, x, steps = rng.randint(1, 9), rng.randint(0, 9), rng.randint(0, 9), 2 * level
-    # The prompt ends with the first line of the layout, its result unknown ("?"): the reasoning copies it.
-    text = f"iterate x -> {a}x+{b} (mod 10): {steps} {a}*{x}=?+{b}=?"
-    return {"problem": text, "answer": str(_iterate(a, b, x, steps)),
-            "meta": {"a": a, "b": b, "x": x, "steps": steps}}
-
-
-def _iterate(a: int, b: int, x: int, steps: int) -> int:
-    for _ in range(steps):
-        x = (a * x + b) % 10
-    return x
+    x, a, b, k = rng.randint(0, 9), rng.randint(1, MAX_ADD), rng.randint(1, MAX_ADD), level
+    text = f"{k} {x}+{a}=?+{b}=?\n{k - 1} ?+{a}=?+{b}=?"
+    thinking_end = _run(x, [a, b] * k)[-1]
+    return {"problem": text, "answer": str(thinking_end), "meta": {"x": x, "adds": [a, b], "rounds": k}}
 
 
 def chain_solve(p: dict) -> str:
-    """One line per step: steps left, a*x (mod 10), + b (mod 10); the result is the next line's x."""
-    m, lines, x = p["meta"], [], p["meta"]["x"]
-    for left in range(m["steps"], 0, -1):
-        r = (m["a"] * x + m["b"]) % 10
-        lines.append(f"{left} {m['a']}*{x}={m['a'] * x % 10}+{m['b']}={r}")
-        x = r
+    """One line per round: rounds left, then the running sums; the last sum starts the next line."""
+    m, v, lines = p["meta"], p["meta"]["x"], []
+    for i in range(m["rounds"]):
+        lines.append(f"{m['rounds'] - i} {_sums(v, m['adds'])}")
+        v = _run(v, m["adds"])[-1]
     return "\n".join(lines)
 
 
 def chain_check(p: dict, answer: int) -> bool:
-    m = p["meta"]
-    return answer == _iterate(m["a"], m["b"], m["x"], m["steps"])
+    v = p["meta"]["x"]
+    for _ in range(p["meta"]["rounds"]):
+        v = _run(v, p["meta"]["adds"])[-1]
+    return answer == v
 
 
-# --- search: find a digit x satisfying every constraint a*x+b = c (mod 10) --------------------------
-def _satisfies(cons: list, v: int) -> bool:
-    return all((a * v + b) % 10 == c for a, b, c in cons)
-
-
-def _padded(cons: list) -> list:
-    """Empty blocks first, then the constraints, so every level has the same line width and the last block
-    before the verdict is always a real constraint."""
-    return [[None] * 3] * (BLOCKS - len(cons)) + cons
-
-
-def _block(a, b, c, v=None) -> str:
-    """One constraint checked at x = v: "a*v=p+b=r-c=d", d = r - c (mod 10), so d = 0 means it holds.
-    v=None gives the prompt's layout. A difference is one more small table like the product and the sum;
-    the earlier "r/c ok|no" needed an equality test, which a tiny model had only learned to 0.8."""
-    if a is None:
-        return "_" * 13  # no constraint
-    if v is None:
-        return f"{a}*?=?+{b}=?-{c}=?"
-    r = (a * v + b) % 10
-    return f"{a}*{v}={a * v % 10}+{b}={r}-{c}={(r - c) % 10}"
-
-
+# --- search: which x in 0..9 makes x + a1 + a2 + a3 (+ a4) = 0 (mod 10)? ------------------------------
 def search_make(rng: random.Random, level: int) -> dict:
-    if not 1 <= level <= BLOCKS:
-        raise UserError(f"search: level must be 1..{BLOCKS}, got {level}")
-    x = rng.randint(0, 9)
-    cons = []
-    for _ in range(level):
-        a, b = rng.randint(1, 9), rng.randint(0, 9)
-        cons.append([a, b, (a * x + b) % 10])
-    text = " ".join(_block(a, b, c) for a, b, c in _padded(cons))
-    # The gold answer is the smallest solution: the checker accepts any x that satisfies all constraints.
-    gold = next(v for v in range(10) if _satisfies(cons, v))
-    # As in chain, the prompt ends with the layout of a reasoning line, x unknown ("?").
-    return {"problem": f"find x (mod 10): ?: {text} ? ?", "answer": str(gold),
-            "meta": {"constraints": cons}}
+    """Level 1 has three addends, level 2 four. There is no formula on the worksheet, so the reasoning
+    guesses x = 9, 8, 7, ..., works each guess out, checks it ("ok" when the sum is 0), and moves on to
+    the next guess when it misses: search with checking and backtracking, longer when the answer is
+    smaller and when there are more addends. The target is always 0 so a guess is checked by one digit:
+    against a target c given in the problem (r = c?) the teacher learned it far worse (bench/RESULTS.md)."""
+    if not 1 <= level <= 2:
+        raise UserError(f"search: level must be 1..2, got {level}")
+    adds = [rng.randint(1, MAX_ADD) for _ in range(level + 2)]
+    layout = "? ?" + "".join(f"+{a}=?" for a in adds) + " ?"
+    return {"problem": f"{layout}\n{layout}", "answer": str(-sum(adds) % 10), "meta": {"adds": adds}}
 
 
 def search_solve(p: dict) -> str:
-    """One line per candidate x = 0, 1, ...: every constraint checked (a*x+b=result-target=difference), then
-    the verdict ("so x" when every difference is 0, else "not x"); a failed candidate is abandoned for the next one. Each
-    line ends with its candidate, so the answer is right after the last line."""
-    cons = p["meta"]["constraints"]
+    """One line per guess v: v, the running sums from v, and the verdict on the last one."""
     lines = []
-    for v in range(10):
-        ok = _satisfies(cons, v)
-        blocks = " ".join(_block(a, b, c, v) for a, b, c in _padded(cons))
-        lines.append(f"{v}: {blocks} {'so' if ok else 'not'} {v}")
+    for v in range(9, -1, -1):
+        ok = _run(v, p["meta"]["adds"])[-1] == 0
+        lines.append(f"{v} {_sums(v, p['meta']['adds'])} {'ok' if ok else 'no'}")
         if ok:
             break
     return "\n".join(lines)
 
 
 def search_check(p: dict, answer: int) -> bool:
-    return 0 <= answer <= 9 and _satisfies(p["meta"]["constraints"], answer)
+    return 0 <= answer <= 9 and _run(answer, p["meta"]["adds"])[-1] == 0
 
 
 FAMILIES = {

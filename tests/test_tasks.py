@@ -29,20 +29,21 @@ def test_reference_solver_is_right_and_thinks_longer_when_harder(task):
             assert tasks.check(p, answer), (p, thinking, answer)
             lens.append(len(thinking))
         mean_len[level] = sum(lens) / len(lens)
-    assert mean_len[top] > 1.2 * mean_len[1]  # search pads lines to a fixed width: it grows by ~25%
+    # chain: one line per round (4x at level 4); search: one more addend per guess, but the number of
+    # guesses depends on the answer, not the level, so it grows less
+    assert mean_len[top] > {"chain": 3.0, "search": 1.05}[task] * mean_len[1]
 
 
-def test_search_checker_accepts_any_valid_solution_and_rejects_others():
-    p = {"task": "search", "meta": {"constraints": [[2, 0, 4]]}}  # 2x = 4 (mod 10): x = 2 or 7
-    assert tasks.check(p, "The answer is 2.") and tasks.check(p, "x = 7")
-    assert not tasks.check(p, "The answer is 3.") and not tasks.check(p, "no idea")
+def test_search_checker_scores_the_start():
+    p = {"task": "search", "meta": {"adds": [5, 1, 2]}}  # x + 5 + 1 + 2 = 0 (mod 10): x = 2
+    assert tasks.check(p, "Final answer: 2") and not tasks.check(p, "Final answer: 3")
+    assert not tasks.check(p, "Final answer: 12") and not tasks.check(p, "no idea")
 
 
 def test_search_reference_checks_and_moves_on():
-    p = {"task": "search", "meta": {"constraints": [[1, 0, 3], [3, 0, 9]]}, "answer": "3"}
+    p = {"task": "search", "meta": {"adds": [1, 4, 4]}, "answer": "1"}
     lines = tasks.reference_solution(p)[0].splitlines()
-    assert lines[0] == "0: 1*0=0+0=0-3=7 3*0=0+0=0-9=1 not 0"
-    assert lines[-1] == "3: 1*3=3+0=3-3=0 3*3=9+0=9-9=0 so 3" and len(lines) == 4
+    assert lines[0] == "9 9+1=0+4=4+4=8 no" and lines[-1] == "1 1+1=2+4=6+4=0 ok" and len(lines) == 9
 
 
 def test_tape_lines_have_equal_token_width(built):
@@ -59,6 +60,6 @@ def test_final_answer_only_after_think_close():
     assert verify.final_answer("<think>\n5+2=7\n</think>\nThe answer is 7.") == "\nThe answer is 7."
     assert verify.final_answer("<think>\n5+2=7 so 7") is None  # never closed: no fallback into thinking
     assert verify.final_answer("The answer is 7.") == "The answer is 7."  # no tags: graded whole
-    p = {"task": "chain", "meta": {"a": 3, "b": 1, "x": 2, "steps": 2}}  # 2 -> 7 -> 2
-    assert verify.is_correct(p, "The answer is 2.") and not verify.is_correct(p, "The answer is 7.")
+    p = {"task": "chain", "meta": {"x": 2, "adds": [3, 1], "rounds": 1}}  # 2 -> 5 -> 6
+    assert verify.is_correct(p, "The answer is 6.") and not verify.is_correct(p, "The answer is 5.")
     assert not verify.is_correct(p, None)
