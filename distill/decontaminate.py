@@ -100,6 +100,8 @@ def find_overlaps(train: list[tuple[str, str]], evals: list[tuple[str, str, str]
             candidates += [(g, exact[L]) for L in exact for g in _grams(ws, L)]
         seen = set()
         for g, index in candidates:
+            if not any(w.isalpha() for w in g):  # numbers alone ("2 5 5 2 5 5") are not shared text
+                continue
             for ref in index.get(g, ()):
                 if ref not in seen:
                     seen.add(ref)

@@ -28,12 +28,14 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 def test_ngram_overlap_rules():
     evals = [("b", "e1", "What is the sum of the first ten positive odd integers, in simplest form?"),
-             ("b", "e2", "Compute $\\dbinom{8}{4}$.")]  # 4 words: compute, dbinom, 8, 4
+             ("b", "e2", "Compute $\\dbinom{8}{4}$."),  # 4 words: compute, dbinom, 8, 4
+             ("b", "e3", "Sum 1 8 4 8 4 9.")]
     train = [("long", "WHAT is the sum of the first -- ten positive odd integers? Be careful."),  # punctuation/case
              ("near", "Find the sum of the first ten positive even integers."),  # 6 shared words only
              ("has-short", "First, compute $\\dbinom{8}{4}$ and then add one."),  # contains all of e2
              ("short", "the first ten positive odd"),  # 5 words, all inside e1
-             ("empty", "$$")]
+             ("empty", "$$"),
+             ("digits", "8 4 8 4")]  # numbers alone: no overlap, though e3 contains them
     found = {(o["train_id"], o["eval_id"]): o["ngram"] for o in D.find_overlaps(train, evals, n=8)}
     assert found == {("long", "e1"): "what is the sum of the first ten",
                      ("has-short", "e2"): "compute dbinom 8 4",
