@@ -16,6 +16,7 @@ import math
 import random
 import sys
 import time
+
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -75,7 +76,7 @@ def train(gen, h=96, l=2, steps=400, bs=64, lr=3e-3, warm=30, threads=2, evals=(
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, betas=(0.9, b2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
-    rng = random.Random(seed); erng = random.Random(12345)
+    rng = random.Random(seed)
     t0 = time.time(); toks = 0
     for s in range(steps):
         ids, att, lab = batch(gen, rng, bs)

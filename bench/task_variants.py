@@ -4,7 +4,6 @@ Each generator returns (prompt, thinking, answer, level label, checker). Throwaw
 part of the package. mixG2 is the layout distill/tasks.py ships (which has 3-4 addends in search,
 for a larger problem space); `distill:mix` runs the shipped generators themselves.
 """
-import random
 
 
 def chain(rng):
@@ -58,12 +57,19 @@ def mixC(rng):
     return (chain if rng.random() < 0.5 else searchC)(rng)
 
 def chainK(rng, ks=(1, 2, 3, 4, 5, 6, 7, 8)):
+    return _chain_alternating(rng, ks, up=False)
+
+def _chain_alternating(rng, ks, up):
+    """k alternating additions, one per line; the line counter counts down (k..1) or up (1..k)."""
     k = rng.choice(ks); x = rng.randint(0, 9); ab = [rng.randint(1, 5), rng.randint(1, 5)]
     lines, v = [], x
     for i in range(k):
         r = (v + ab[i % 2]) % 10
-        lines.append(f"{k - i} {v}+{ab[i % 2]}={r}"); v = r
-    prompt = f"{k} {x}+{ab[0]}=?\n{k - 1} ?+{ab[1]}=?"
+        lines.append(f"{i + 1 if up else k - i} {v}+{ab[i % 2]}={r}"); v = r
+    if up:
+        prompt = f"{k} times:\n1 {x}+{ab[0]}=?\n2 ?+{ab[1]}=?"
+    else:
+        prompt = f"{k} {x}+{ab[0]}=?\n{k - 1} ?+{ab[1]}=?"
     return prompt, "\n".join(lines), str(v), f"c{k}", lambda a, f=str(v): a.strip() == f
 
 def searchDown(rng):
@@ -79,13 +85,7 @@ def searchDown(rng):
     return "\n".join(pl), "\n".join(new), a, l, chk
 
 def chainUp(rng, ks=(1, 2, 3, 4, 5, 6, 7, 8)):
-    k = rng.choice(ks); x = rng.randint(0, 9); ab = [rng.randint(1, 5), rng.randint(1, 5)]
-    lines, v = [], x
-    for i in range(k):
-        r = (v + ab[i % 2]) % 10
-        lines.append(f"{i + 1} {v}+{ab[i % 2]}={r}"); v = r
-    prompt = f"{k} times:\n1 {x}+{ab[0]}=?\n2 ?+{ab[1]}=?"
-    return prompt, "\n".join(lines), str(v), f"c{k}", lambda a, f=str(v): a.strip() == f
+    return _chain_alternating(rng, ks, up=True)
 
 def searchDownC(rng):
     p, t, a, l, chk = searchDown(rng)
@@ -102,12 +102,15 @@ def mixD(rng):
 
 def searchX(rng):
     """find the start x (0..9): x + a1 + a2 (+ a3) = c; guess x = 0, 1, ... and check each."""
+    return _search_target(rng, range(10))
+
+def _search_target(rng, guesses):
     lv = rng.choice([1, 2])
     adds = [rng.randint(1, 5) for _ in range(lv + 1)]
     x = rng.randint(0, 9)
     c = (x + sum(adds)) % 10
     lines = []
-    for v in range(10):
+    for v in guesses:
         parts, r = [f"{v} {v}"], v
         for a in adds:
             r = (r + a) % 10
@@ -123,21 +126,7 @@ def mixX(rng):
 
 def searchXd(rng):
     """searchX, guesses counted down from 9."""
-    lv = rng.choice([1, 2])
-    adds = [rng.randint(1, 5) for _ in range(lv + 1)]
-    x = rng.randint(0, 9)
-    c = (x + sum(adds)) % 10
-    lines = []
-    for v in range(9, -1, -1):
-        parts, r = [f"{v} {v}"], v
-        for a in adds:
-            r = (r + a) % 10
-            parts.append(f"+{a}={r}")
-        ok = r == c
-        lines.append("".join(parts) + f"/{c} " + ("ok" if ok else "no"))
-        if ok: break
-    prompt = "? ?" + "".join(f"+{a}=?" for a in adds) + f"/{c} ?"
-    return prompt, "\n".join(lines), str(x), f"s{lv}", lambda s, f=str(x): s.strip() == f
+    return _search_target(rng, range(9, -1, -1))
 
 def mixXd(rng):
     return (chainK if rng.random() < 0.5 else searchXd)(rng)

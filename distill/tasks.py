@@ -57,9 +57,13 @@ def chain_make(rng: random.Random, level: int) -> dict:
     if not 1 <= level <= 4:
         raise UserError(f"chain: level must be 1..4, got {level}")
     x, a, b, k = rng.randint(0, 9), rng.randint(1, MAX_ADD), rng.randint(1, MAX_ADD), level
-    text = f"{k} {x}+{a}=?+{b}=?\n{k - 1} ?+{a}=?+{b}=?"
-    thinking_end = _run(x, [a, b] * k)[-1]
-    return {"problem": text, "answer": str(thinking_end), "meta": {"x": x, "adds": [a, b], "rounds": k}}
+    meta = {"x": x, "adds": [a, b], "rounds": k}
+    return {"problem": f"{k} {x}+{a}=?+{b}=?\n{k - 1} ?+{a}=?+{b}=?", "answer": str(_chain_end(meta)),
+            "meta": meta}
+
+
+def _chain_end(m: dict) -> int:
+    return _run(m["x"], m["adds"] * m["rounds"])[-1]
 
 
 def chain_solve(p: dict) -> str:
@@ -72,10 +76,7 @@ def chain_solve(p: dict) -> str:
 
 
 def chain_check(p: dict, answer: int) -> bool:
-    v = p["meta"]["x"]
-    for _ in range(p["meta"]["rounds"]):
-        v = _run(v, p["meta"]["adds"])[-1]
-    return answer == v
+    return answer == _chain_end(p["meta"])
 
 
 # --- search: which x in 0..9 makes x + a1 + a2 + a3 (+ a4) = 0 (mod 10)? ------------------------------
