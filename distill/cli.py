@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key of the stage")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=os.environ.get("DISTILL_LOG", "INFO"), format="%(levelname)s %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+    for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from distill.config import build, load_recipe, parse_overrides
 

@@ -69,8 +69,15 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
     section = recipe.get(stage) or {}
     if not isinstance(section, dict):
         raise UserError(f"{source}: section {stage!r} must be a mapping")
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
+                if f.default_factory is not dataclasses.MISSING}
     for where, items in ((f"{source} [{stage}]", section), ("command line", overrides)):
         for key, value in items.items():
+            head, dot, sub = key.partition(".")
+            if dot and isinstance(values.get(head, defaults.get(head)), dict):
+                # a dotted key sets one entry of a mapping field: vllm.tensor_parallel_size=4
+                values[head] = {**values.get(head, defaults[head]), sub: value}
+                continue
             if key not in fields:
                 known = ", ".join(sorted(fields))
                 raise UserError(f"{where}: unknown key {key!r} for stage {stage!r} (known: {known})")

@@ -6,6 +6,9 @@ at the largest budget and cut at each smaller B: a thinking capped at B is exact
 an uncapped one, so this equals separate runs per budget (budgets share their samples, which makes the
 curve's steps less noisy) at a fraction of the cost. Each cut gets its own forced answer.
 
+Any backend (distill/backends/: transformers, vllm, openai) samples through the same code
+(distill/generate.py); `backend:` picks it for every model, a model's own `backend` key overrides it.
+
 Serving cost is measured in the same run, per model: generated tokens/s, latency per answer (p50/p95,
 batched at `batch_size`), peak memory, parameter count, FLOPs per problem (2 x params x tokens) and cost
 per correct answer (measured seconds x `price_per_hour`).
@@ -22,13 +25,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from distill import backends, metrics, verify
 from distill import generate as G
-from distill import metrics
-from distill import verify
-from distill.artifacts import (Fallbacks, UserError, atomic_write_json, atomic_write_text, finish, read_jsonl,
-                               stage_dir, staging, write_jsonl)
-from distill.config import check_positive
+from distill.artifacts import (
+    Fallbacks,
+    UserError,
+    atomic_write_json,
+    atomic_write_text,
+    finish,
+    read_jsonl,
+    stage_dir,
+    staging,
+    write_jsonl,
+)
+from distill.config import check_literals, check_positive
 
 
 @dataclass
@@ -36,7 +48,10 @@ class EvalConfig:
     run: str = "demo"
     runs_dir: str = "runs"
     problems: str = ""  # default: runs/<run>/problems/eval.jsonl (held out)
-    models: list[dict] = field(default_factory=list)  # [{name, role: teacher|student, path}]
+    models: list[dict] = field(default_factory=list)  # [{name, role: teacher|student, path[, backend]}]
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"  # a model's `backend` overrides it
+    vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
+    openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, ...
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
     n: int = 4
     temperature: float = 0.6
@@ -56,6 +71,7 @@ class EvalConfig:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self):
+        check_literals(self)
         check_positive("budgets", self.budgets)
         self.budgets = sorted(set(self.budgets))
         check_positive("n", self.n)
@@ -67,8 +83,13 @@ class EvalConfig:
             raise ValueError("models is empty: list {name, role, path} for the teacher and the students")
         names = [m.get("name") for m in self.models]
         for m in self.models:
-            if set(m) != {"name", "role", "path"} or m["role"] not in ("teacher", "student"):
-                raise ValueError(f"each model needs exactly name, role (teacher|student), path; got {m}")
+            if not isinstance(m, dict) or not {"name", "role", "path"} <= set(m) <= {"name", "role", "path", "backend"} \
+                    or m["role"] not in ("teacher", "student") or m.get("backend", self.backend) not in backends.KINDS:
+                raise ValueError(f"each model needs name, role (teacher|student), path and optionally backend "
+                                 f"({'|'.join(backends.KINDS)}); got {m}")
+        if any(m.get("backend", self.backend) == "openai" for m in self.models) and self.openai.get("api") == "chat":
+            raise ValueError("budget forcing is unavailable through a chat endpoint (it cannot continue a cut "
+                             "thinking): eval needs openai.api=completions")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
 
@@ -106,11 +127,11 @@ class PeakMemory:
         self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak - self.base) / 2**20
 
 
-def _generate_all(cfg: EvalConfig, model, tok, problems: list[dict]):
+def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
     """Thinking at the largest budget, the natural answers, then one forced answer per (sample, cut)."""
-    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
-    prompts = [G.think_prompt(tok, p.get("prompt") or p["problem"]) for p in problems for _ in range(cfg.n)]
-    results = G.think_and_answer(model, tok, prompts, max_thinking=cfg.budgets[-1],
+    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p)
+    prompts = [G.think_prompt(backend.tok, p.get("prompt") or p["problem"]) for p in problems for _ in range(cfg.n)]
+    results = G.think_and_answer(backend, prompts, max_thinking=cfg.budgets[-1],
                                  max_answer=cfg.max_answer_tokens, seed=cfg.seed, desc="eval",
                                  min_thinking=cfg.min_thinking, wait=cfg.wait, max_waits=cfg.max_waits,
                                  **gen_kw)
@@ -119,7 +140,7 @@ def _generate_all(cfg: EvalConfig, model, tok, problems: list[dict]):
     # one forced answer per distinct cut: a thinking shorter than b that never closed is cut at its length
     cuts = sorted({(i, min(len(thinking[i]), b)) for i in range(len(prompts)) for b in cfg.budgets
                    if not (natural[i] and len(thinking[i]) <= b)})
-    forced = G.forced_answers(model, tok, [prompts[i] for i, _ in cuts], [thinking[i][:b] for i, b in cuts],
+    forced = G.forced_answers(backend, [prompts[i] for i, _ in cuts], [thinking[i][:b] for i, b in cuts],
                               cfg.answer_cue, max_answer=cfg.max_answer_tokens, seed=cfg.seed + 1, desc="forced",
                               **gen_kw)
     return prompts, results, thinking, natural, dict(zip(cuts, forced))
@@ -190,16 +211,22 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
 
 
 def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
-    with PeakMemory() as mem:
-        model, tok = G.load(spec["path"], cfg.dtype, cfg.attn_implementation, fallbacks)
+    kind = spec.get("backend", cfg.backend)
+    settings = {"transformers": {"batch_size": cfg.batch_size}, "vllm": cfg.vllm, "openai": cfg.openai}[kind]
+    with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
+        backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
+                                run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation)
+        G.stop_tokens(backend.tok)
         started = time.perf_counter()
-        prompts, results, thinking, natural, forced = _generate_all(cfg, model, tok, problems)
+        prompts, results, thinking, natural, forced = _generate_all(cfg, backend, problems)
         gen_seconds = time.perf_counter() - started
-    params = sum(p.numel() for p in model.parameters())
     gen_tokens = sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results) + sum(
         len(g.ids) for g in forced.values())
-    rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, tok)
-    return _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, mem.mb), rows
+    rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, backend.tok)
+    summary = _summarise(cfg, spec, rows, backend.params or 0, gen_seconds, gen_tokens, mem.mb)
+    summary["backend"] = backend.info
+    backend.close()
+    return summary, rows
 
 
 def _csv(models: list[dict]) -> str:

@@ -1,7 +1,9 @@
 """Stage `traces`: a teacher writes `n` chain-of-thought samples per problem.
 
-Backends: `transformers` (batched sampling with KV cache, CPU or GPU) and `solver` (the built-in tasks'
-reference solver: the cold start the demo's teacher is trained on, as R1 had).
+Backends (distill/backends/): `transformers` (batched, KV cache, CPU or GPU), `vllm` (offline vLLM, from
+.venv-vllm), `openai` (any OpenAI-compatible server; `api: chat` for chat-only servers), all through the
+same sampling code (distill/generate.py); and `solver` (the built-in tasks' reference solver: the cold start
+the demo's teacher is trained on, as R1 had).
 
 One record per sample in runs/<run>/traces/<name>/traces.jsonl. The file is an append-only log, flushed
 and fsynced after every chunk, so a run that dies (even by `kill -9`) resumes where it stopped: finished
@@ -14,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from distill import backends, tasks
 from distill import generate as G
-from distill import tasks
 from distill.artifacts import Fallbacks, UserError, finish, read_jsonl, stage_dir, write_jsonl
 from distill.config import check_literals, check_positive
 
@@ -29,9 +31,11 @@ class TracesConfig:
     run: str = "demo"
     runs_dir: str = "runs"
     name: str = "teacher"
-    backend: Literal["transformers", "solver"] = "transformers"
-    model: str = ""  # path or Hub id (transformers backend)
+    backend: Literal["transformers", "vllm", "openai", "solver"] = "transformers"
+    model: str = ""  # path or Hub id (openai: where the served model's tokenizer comes from)
     tokenizer: str = ""  # solver backend: counts tokens with this tokenizer (default runs/<run>/tokenizer)
+    vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM (tensor_parallel_size, ...)
+    openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, api, ...
     problems: str = ""  # default: runs/<run>/problems/train.jsonl
     limit: int = 0  # use only the first `limit` problems (0: all)
     n: int = 4
@@ -52,8 +56,8 @@ class TracesConfig:
         check_positive("max_new_tokens", self.max_new_tokens)
         check_positive("batch_size", self.batch_size)
         check_positive("chunk", self.chunk)
-        if self.backend == "transformers" and not self.model:
-            raise ValueError("backend=transformers needs `model` (a path or Hub id)")
+        if self.backend != "solver" and not self.model:
+            raise ValueError(f"backend={self.backend} needs `model` (a path or Hub id)")
         if self.backend == "solver" and self.n != 1:
             raise ValueError("the solver is deterministic: use n=1")
 
@@ -70,6 +74,7 @@ def _resume(path: Path) -> set[tuple[str, int]]:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     with path.open("a") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
@@ -79,7 +84,7 @@ def _append(path: Path, rows: list[dict]) -> None:
 def _record(cfg, p, k, thinking, answer, finish_reason, n_think, n_answer, seconds) -> dict:
     return {"problem_id": p["id"], "sample": k, "prompt": p["problem"], "thinking": thinking, "answer": answer,
             "finish_reason": finish_reason, "thinking_tokens": n_think, "answer_tokens": n_answer,
-            "wall_s": round(seconds, 4), "teacher": cfg.model if cfg.backend == "transformers" else "solver"}
+            "wall_s": round(seconds, 4), "teacher": "solver" if cfg.backend == "solver" else cfg.model}
 
 
 def _solver_chunk(cfg, tok, todo) -> list[dict]:
@@ -91,21 +96,37 @@ def _solver_chunk(cfg, tok, todo) -> list[dict]:
     return rows
 
 
-def _model_chunk(cfg, model, tok, todo, seed) -> list[dict]:
-    close, _ = G.stop_tokens(tok)
+def _model_chunk(cfg, backend, todo, seed) -> list[dict]:
+    tok = backend.tok
     prompts = [G.think_prompt(tok, p["problem"]) for p, _ in todo]
-    results = G.think_and_answer(model, tok, prompts, max_thinking=cfg.max_new_tokens,
+    started = time.perf_counter()
+    results = G.think_and_answer(backend, prompts, max_thinking=cfg.max_new_tokens,
                                  max_answer=cfg.max_answer_tokens, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed, desc="traces")
+                                 top_p=cfg.top_p, seed=seed, desc="traces")
+    per_sample = (time.perf_counter() - started) / len(todo)  # the chunk's wall time, shared out
     rows = []
     for (p, k), (think, ans) in zip(todo, results):
         closed = ans is not None
         t_ids = think.ids[:-1] if think.stopped else think.ids
         reason = "stop" if closed and ans.stopped else "length"
         answer_text = G.decode(tok, ans.ids) if closed else ""
-        seconds = think.seconds + (ans.seconds if closed else 0.0)
         rows.append(_record(cfg, p, k, G.decode(tok, t_ids), answer_text, reason, len(t_ids),
-                            len(ans.ids) if closed else 0, seconds / cfg.batch_size))
+                            len(ans.ids) if closed else 0, per_sample))
+    return rows
+
+
+def _chat_chunk(cfg, backend, todo, seed) -> list[dict]:
+    """A chat-only server: the thinking comes back apart from the answer; a reply cut by max_tokens is
+    truncated (no forced answer: a chat endpoint cannot continue a cut thinking)."""
+    tok = backend.tok
+    started = time.perf_counter()
+    got = backend.chat([p["problem"] for p, _ in todo], cfg.max_new_tokens + cfg.max_answer_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, desc="traces")
+    per_sample = (time.perf_counter() - started) / len(todo)
+    rows = []
+    for (p, k), g in zip(todo, got):
+        n_t, n_a = (len(tok(x, add_special_tokens=False).input_ids) for x in (g["thinking"], g["answer"]))
+        rows.append(_record(cfg, p, k, g["thinking"], g["answer"], g["finish_reason"], n_t, n_a, per_sample))
     return rows
 
 
@@ -119,6 +140,7 @@ def run(cfg: TracesConfig) -> Path:
     if not problems:
         raise UserError(f"{src}: no problems")
     fallbacks = Fallbacks()
+    chat = cfg.backend == "openai" and cfg.openai.get("api") == "chat"
     G.set_threads(cfg.threads)
     if cfg.backend == "solver":
         from transformers import AutoTokenizer
@@ -126,13 +148,17 @@ def run(cfg: TracesConfig) -> Path:
         unknown = [p["id"] for p in problems if p.get("task") not in tasks.FAMILIES]
         if unknown:
             raise UserError(f"{src}: the solver backend only knows built-in tasks; e.g. {unknown[0]!r} is not")
-        model, tok = None, AutoTokenizer.from_pretrained(cfg.tokenizer or
-                                                         stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
+        backend, tok = None, AutoTokenizer.from_pretrained(cfg.tokenizer or
+                                                           stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
     else:
-        model, tok = G.load(cfg.model, cfg.dtype, cfg.attn_implementation, fallbacks)
+        settings = {"transformers": {"batch_size": cfg.batch_size}, "vllm": cfg.vllm, "openai": cfg.openai}
+        backend = backends.load(cfg.backend, cfg.model, settings=settings[cfg.backend], fallbacks=fallbacks,
+                                runs_dir=cfg.runs_dir, run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation)
+        tok = backend.tok
+        if not chat:
+            G.stop_tokens(tok)  # a tokenizer without </think> is refused before anything is generated
 
     out = stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name)
-    out.mkdir(parents=True, exist_ok=True)
     log_path = out / "traces.jsonl"
     done = _resume(log_path)
     todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
@@ -143,8 +169,8 @@ def run(cfg: TracesConfig) -> Path:
             chunk = todo[c:c + cfg.chunk]
             # the seed depends on how many samples were done before, so a resumed run stays reproducible
             seed = cfg.seed + len(done) + c
-            rows = (_solver_chunk(cfg, tok, chunk) if model is None else
-                    _model_chunk(cfg, model, tok, chunk, seed))
+            rows = (_solver_chunk(cfg, tok, chunk) if backend is None else
+                    _chat_chunk(cfg, backend, chunk, seed) if chat else _model_chunk(cfg, backend, chunk, seed))
             _append(log_path, rows)
             bar.update(len(chunk))
     gen_seconds = time.time() - gen_started
@@ -158,7 +184,10 @@ def run(cfg: TracesConfig) -> Path:
               "finish_reasons": {r: sum(x["finish_reason"] == r for x in rows) for r in ("stop", "length")},
               "thinking_tokens_mean": round(sum(r["thinking_tokens"] for r in rows) / max(len(rows), 1), 2)}
     inputs = {"problems": src} | ({"model": Path(cfg.model)} if cfg.model and Path(cfg.model).is_dir() else {})
+    if backend is not None:
+        backend.close()
     finish(out, "traces", cfg, inputs, counts, started, fallbacks=fallbacks.items,
-           timings={"generate_s": round(gen_seconds, 3)})
+           timings={"generate_s": round(gen_seconds, 3)},
+           backend=backend.info if backend is not None else {"backend": "solver"})
     print(f"traces: {len(rows)} samples ({counts['finish_reasons']}) in {gen_seconds:.1f}s -> {out}")
     return out

@@ -1,0 +1,59 @@
+"""Sampling backends. Each adds one primitive, `generate(prompts, max_new, stop, ...)`: continue these
+token-id prompts by up to `max_new` tokens, stopping at any id in `stop`, one sample per prompt. The
+sampling semantics built on it (thinking phase, budget cut, forced answer, s1's Wait extension, `n`,
+seeds) are written once, in distill/generate.py, and used by `traces` and `eval` whatever the backend.
+
+    transformers  in-process `generate` (CPU or GPU)         distill/backends/transformers.py
+    vllm          in-process offline `vllm.LLM`              distill/backends/vllm.py
+    openai        any OpenAI-compatible server over HTTP     distill/backends/openai.py
+
+A backend object has `tok` (the Hugging Face tokenizer the prompts are built with), `name`, `params`
+(parameter count, or None when unknown), `info` (what the manifest records), `generate(...)` and `close()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+KINDS = ("transformers", "vllm", "openai")
+
+
+@dataclass
+class Gen:
+    ids: list[int]  # generated tokens, ending with the stop token if one was hit
+    stopped: bool  # a stop token ended it (else the token limit did)
+    seconds: float  # its latency: wall time of the batch or request it ran in
+    waits: int = 0  # times budget forcing replaced an early `</think>` with the wait word
+
+
+def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: str = "",
+         dtype: str = "auto", attn: str = "sdpa"):
+    """Open a backend on `model` (a path or Hub id; for `openai`, where the tokenizer comes from).
+    `settings` is the recipe's section for that backend (`vllm:` or `openai:`), passed through."""
+    if kind not in KINDS:
+        raise ValueError(f"backend={kind!r} is not one of {', '.join(KINDS)}")
+    module = importlib.import_module(f"distill.backends.{kind}")
+    return module.load(model, settings=settings, fallbacks=fallbacks, runs_dir=runs_dir, run=run,
+                       dtype=dtype, attn=attn)
+
+
+def count_params(path: str) -> int | None:
+    """Parameters stored in a local checkpoint's safetensors files (read from their headers, nothing
+    loaded); None when the model is not a local folder of safetensors (a Hub id, a remote server)."""
+    from pathlib import Path
+
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(str(f), "np") as st:
+            for key in st.keys():
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
