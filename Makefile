@@ -4,7 +4,7 @@ DISTILL := $(VENV)/bin/distill
 CONFIG  ?= eval/demo.yaml
 ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
-STAGES  := problems tokenizer init traces filter decontaminate sft eval report
+STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report
 
 .PHONY: install install-vllm demo test bench clean grade $(STAGES)
 
@@ -32,22 +32,40 @@ install-vllm:
 $(STAGES):
 	$(DISTILL) $@ --config $(CONFIG) $(ARGS)
 
+# Multi-GPU sft: `make sft CONFIG=students/qwen2.5-7b.yaml GPUS=8 ENGINE=zero3` runs the same stage under
+# accelerate launch with students/accelerate/$(ENGINE).yaml (ddp, fsdp, zero2, zero3, zero3_offload). Without
+# GPUS, sft runs in one process as before. Several nodes: LAUNCH_ARGS="--num_machines 2 --machine_rank 0
+# --main_process_ip HOST --main_process_port 29500" on each node, with GPUS the total over all nodes.
+GPUS        ?=
+ENGINE      ?= ddp
+LAUNCH_ARGS ?=
+ifneq ($(GPUS),)
+sft: DISTILL = $(if $(wildcard students/accelerate/$(ENGINE).yaml),,$(error ENGINE=$(ENGINE): no students/accelerate/$(ENGINE).yaml))$(VENV)/bin/accelerate launch --config_file students/accelerate/$(ENGINE).yaml --num_processes $(GPUS) $(LAUNCH_ARGS) -m distill.cli
+endif
+
 # Re-grade a file of generations: make grade ARGS="--input gen.jsonl --output graded.jsonl --benchmark gsm8k"
 grade:
 	$(DISTILL) grade $(ARGS)
 
-# The whole pipeline on the embedded default, CPU only, nothing downloaded.
+# The whole pipeline on the embedded default, CPU only, nothing downloaded. BACKEND=vllm: the teacher's
+# traces and the eval sample through vLLM (.venv-vllm, `make install-vllm`); models whose head size vLLM's
+# CPU kernels do not take fall back to transformers (logged, in the manifest).
+BACKEND ?= transformers
+GEN      = $(if $(filter vllm,$(BACKEND)),$(VLLM_VENV)/bin/distill,$(DISTILL))
+GEN_ARGS = $(if $(filter vllm,$(BACKEND)),backend=vllm,)
 demo:
+	@[ "$(BACKEND)" != vllm ] || [ -x $(VLLM_VENV)/bin/distill ] || \
+		{ echo "BACKEND=vllm needs $(VLLM_VENV): run make install-vllm first"; exit 2; }
 	$(DISTILL) problems  --config eval/demo.yaml
 	$(DISTILL) tokenizer --config eval/demo.yaml
 	$(DISTILL) traces    --config teachers/solver.yaml   # reference solver: the teacher's cold start
 	$(DISTILL) filter    --config teachers/solver.yaml
 	$(DISTILL) init      --config teachers/demo.yaml
 	$(DISTILL) sft       --config teachers/demo.yaml     # the teacher learns to think
-	$(DISTILL) traces    --config teachers/demo.yaml     # the teacher samples n traces per problem
+	$(GEN) traces        --config teachers/demo.yaml $(GEN_ARGS)  # the teacher samples n traces per problem
 	$(DISTILL) filter    --config teachers/demo.yaml
 	for s in $(STUDENTS); do $(DISTILL) init --config $$s && $(DISTILL) sft --config $$s || exit 1; done
-	$(DISTILL) eval      --config eval/demo.yaml
+	$(GEN) eval          --config eval/demo.yaml $(GEN_ARGS)
 	$(DISTILL) report    --config eval/demo.yaml
 	@echo "open runs/demo/report.md"
 

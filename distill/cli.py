@@ -20,6 +20,7 @@ STAGES = {
     "decontaminate": ("distill.decontaminate", "DecontaminateConfig"),
     "filter": ("distill.filter", "FilterConfig"),
     "sft": ("distill.sft", "SftConfig"),
+    "plan": ("distill.plan", "PlanConfig"),
     "eval": ("distill.eval", "EvalConfig"),
     "report": ("distill.report", "ReportConfig"),
 }

@@ -56,6 +56,7 @@ class EvalConfig:
     n: int = 4
     temperature: float = 0.6
     top_p: float = 0.95
+    top_k: int = 0  # 0: off
     answer_cue: str = "Final answer:"
     min_thinking: int = 0  # s1 extension: a thinking closed before this many tokens is told to `wait`
     wait: str = "Wait"
@@ -129,7 +130,7 @@ class PeakMemory:
 
 def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
     """Thinking at the largest budget, the natural answers, then one forced answer per (sample, cut)."""
-    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p)
+    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     prompts = [G.think_prompt(backend.tok, p.get("prompt") or p["problem"]) for p in problems for _ in range(cfg.n)]
     results = G.think_and_answer(backend, prompts, max_thinking=cfg.budgets[-1],
                                  max_answer=cfg.max_answer_tokens, seed=cfg.seed, desc="eval",
@@ -212,10 +213,10 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
 
 def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
     kind = spec.get("backend", cfg.backend)
-    settings = {"transformers": {"batch_size": cfg.batch_size}, "vllm": cfg.vllm, "openai": cfg.openai}[kind]
+    settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai}[kind]
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
-                                run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation)
+                                run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         G.stop_tokens(backend.tok)
         started = time.perf_counter()
         prompts, results, thinking, natural, forced = _generate_all(cfg, backend, problems)

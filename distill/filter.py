@@ -2,7 +2,9 @@
 
 Drops, in this order: contaminated (only when `decontaminate_against` lists eval sets: the problem shares
 a word 8-gram with one of them, see distill/decontaminate.py; the overlaps go to overlaps.jsonl), truncated
-(thinking never closed, or the answer hit its token limit), wrong (the checker says so), over-long
+(thinking never closed, or the answer hit its token limit), wrong (a built-in task's checker says so; any
+other problem, e.g. a benchmark's, is graded like `eval` grades it: math-verify against its `answer` by its
+`answer_type`, in worker processes under a per-answer timeout, distill/verify.py), over-long
 (thinking above `max_thinking_tokens`), duplicate (same thinking and answer as a kept sample of the same
 problem), surplus (more than `keep_per_problem`). Writes train.jsonl as chat
 `messages` (the assistant turn is "<think>\\n…\\n</think>\\n" + answer, loadable with `datasets` and
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill import decontaminate, verify
+from distill import decontaminate, tasks, verify
 from distill.artifacts import UserError, atomic_write_json, finish, read_jsonl, stage_dir, staging, write_jsonl
 from distill.config import check_literals, check_positive
 
@@ -37,22 +39,43 @@ class FilterConfig:
     select: Literal["random", "shortest"] = "random"
     seed: int = 0
     decontaminate_against: list[str] = field(default_factory=list)  # eval.jsonl files or eval/*.yaml recipes
+    grade_processes: int = 2  # math-verify worker processes (problems that are not built-in tasks)
+    grade_timeout: float = 5.0  # seconds per answer; an answer that takes longer is wrong
 
     def __post_init__(self):
         check_literals(self)
         self.decontaminate_against = decontaminate.as_paths("decontaminate_against", self.decontaminate_against)
         check_positive("keep_per_problem", self.keep_per_problem)
         check_positive("max_thinking_tokens", self.max_thinking_tokens)
+        check_positive("grade_processes", self.grade_processes)
+        check_positive("grade_timeout", self.grade_timeout)
 
 
 def assistant_text(thinking: str, answer: str) -> str:
     return f"<think>\n{thinking}\n</think>\n{answer}"
 
 
-def _verdict(cfg, r: dict, problem: dict) -> str | None:
-    if r["finish_reason"] != "stop" or not r["answer"]:
+def _truncated(r: dict) -> bool:
+    return r["finish_reason"] != "stop" or not r["answer"]
+
+
+def _grade(cfg, traces: list[dict], problems: dict, contaminated: set) -> tuple[list[bool | None], Counter]:
+    """Correct or not for every sample that reaches the check (None for the others), all graded in one
+    batch; and how many each grader judged (`task`: a built-in task's checker, `math-verify`: the rest)."""
+    todo = [i for i, r in enumerate(traces) if r["problem_id"] not in contaminated and not _truncated(r)]
+    items = [(problems[traces[i]["problem_id"]], traces[i]["answer"]) for i in todo]
+    graders = Counter("task" if p.get("task") in tasks.FAMILIES else "math-verify" for p, _ in items)
+    correct: list[bool | None] = [None] * len(traces)
+    results = verify.grade_problems(items, processes=cfg.grade_processes, timeout_s=cfg.grade_timeout)
+    for i, (ok, _) in zip(todo, results, strict=True):
+        correct[i] = bool(ok)
+    return correct, graders
+
+
+def _verdict(cfg, r: dict, correct: bool | None) -> str | None:
+    if _truncated(r):
         return "truncated"
-    if not verify.is_correct(problem, r["answer"]):
+    if not correct:
         return "wrong"
     if r["thinking_tokens"] > cfg.max_thinking_tokens:
         return "overlong"
@@ -92,10 +115,10 @@ def run(cfg: FilterConfig) -> Path:
         raise UserError(f"{tr_path}: problem {orphans[0]!r} is not in {pr_path} ({len(orphans)} such samples)")
 
     contaminated, overlaps = _contaminated(cfg, problems, traces)
+    correct, graders = _grade(cfg, traces, problems, contaminated)
     dropped, by_problem = Counter(), {}
-    for r in traces:
-        problem = problems[r["problem_id"]]
-        reason = "contaminated" if r["problem_id"] in contaminated else _verdict(cfg, r, problem)
+    for r, ok in zip(traces, correct, strict=True):
+        reason = "contaminated" if r["problem_id"] in contaminated else _verdict(cfg, r, ok)
         if reason:
             dropped[reason] += 1
         else:
@@ -118,7 +141,8 @@ def run(cfg: FilterConfig) -> Path:
 
     rank = {pid: i for i, pid in enumerate(problems)}
     kept.sort(key=lambda r: (rank[r["problem_id"]], r["sample"]))
-    rows = [{"messages": [{"role": "user", "content": problems[r["problem_id"]]["problem"]},
+    # the user turn is what the teacher was asked (traces.jsonl's `prompt`: a benchmark's rendered prompt)
+    rows = [{"messages": [{"role": "user", "content": r.get("prompt") or problems[r["problem_id"]]["problem"]},
                           {"role": "assistant", "content": assistant_text(r["thinking"], r["answer"])}]}
             for r in kept]
     traced = {r["problem_id"] for r in traces}
@@ -130,6 +154,7 @@ def run(cfg: FilterConfig) -> Path:
         "samples": len(traces), "problems": len(traced), "kept": len(kept),
         "dropped": {k: dropped.get(k, 0) for k in reasons},
         "correct_rate": round(1 - (dropped["truncated"] + dropped["wrong"]) / max(judged, 1), 4),
+        "graded_by": dict(sorted(graders.items())),  # samples each grader judged (truncated ones are not)
         "problems_with_a_kept_sample": len(per_problem),
         "yield_per_problem": dict(sorted(Counter(per_problem.get(p, 0) for p in traced).items())),
         "kept_thinking_tokens": _histogram([r["thinking_tokens"] for r in kept]),

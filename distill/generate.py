@@ -37,22 +37,23 @@ def stop_tokens(tok) -> tuple[int, int]:
 
 def think_and_answer(backend, prompts: list[list[int]], *, max_thinking: int, max_answer: int,
                      temperature: float, top_p: float, seed: int, desc: str,
-                     min_thinking: int = 0, wait: str = "Wait", max_waits: int = 0):
+                     min_thinking: int = 0, wait: str = "Wait", max_waits: int = 0, top_k: int = 0):
     """Phase 1: thinking until `</think>` or `max_thinking` tokens, extended (s1) while it closed before
     `min_thinking`. Phase 2: the answer, only for samples that closed their thinking.
     Returns (thinking Gen, answer Gen or None) per prompt."""
     close, eos = stop_tokens(backend.tok)
     think = backend.generate(prompts, max_thinking, [close, eos], temperature=temperature, top_p=top_p,
-                             seed=seed, desc=f"{desc} thinking")
+                             top_k=top_k, seed=seed, desc=f"{desc} thinking")
     for round_ in range(max_waits if min_thinking > 0 else 0):
         think, extended = _extend(backend, prompts, think, close, eos, min_thinking, max_thinking, wait,
-                                  temperature=temperature, top_p=top_p,
+                                  temperature=temperature, top_p=top_p, top_k=top_k,
                                   seed=seed + 104729 * (round_ + 1), desc=f"{desc} wait {round_ + 1}")
         if not extended:
             break
     closed = [i for i, g in enumerate(think) if g.stopped and g.ids[-1] == close]
     answers = backend.generate([prompts[i] + think[i].ids for i in closed], max_answer, [eos],
-                               temperature=temperature, top_p=top_p, seed=seed + 7919, desc=f"{desc} answer")
+                               temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + 7919,
+                               desc=f"{desc} answer")
     by_index = dict(zip(closed, answers))
     return [(think[i], by_index.get(i)) for i in range(len(prompts))]
 
@@ -78,12 +79,13 @@ def _extend(backend, prompts, think, close, eos, min_thinking, max_thinking, wai
 
 
 def forced_answers(backend, prompts: list[list[int]], thinking: list[list[int]], cue: str, *,
-                   max_answer: int, temperature: float, top_p: float, seed: int, desc: str) -> list[Gen]:
+                   max_answer: int, temperature: float, top_p: float, seed: int, desc: str,
+                   top_k: int = 0) -> list[Gen]:
     """Budget forcing (s1): close the capped thinking for the model, add the answer cue, and generate."""
     close, eos = stop_tokens(backend.tok)
     suffix = backend.tok(f"{THINK_CLOSE}\n{cue}", add_special_tokens=False).input_ids
     return backend.generate([p + t + suffix for p, t in zip(prompts, thinking)], max_answer, [eos],
-                            temperature=temperature, top_p=top_p, seed=seed, desc=desc)
+                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, desc=desc)
 
 
 def decode(tok, ids: list[int]) -> str:

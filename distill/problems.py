@@ -1,10 +1,12 @@
 """Stage `problems`: write the train and held-out eval problem sets as JSONL.
 
 Sources: the built-in procedural tasks (the embedded default), a local JSONL file with `id`, `problem` and
-`answer` per row, or a benchmark (source: benchmark): a local JSONL/Parquet file or a Hugging Face dataset
-read through a field mapping and normalised to one schema with a rendered `prompt` (distill/benchmarks.py,
-recipes in eval/). Output: runs/<run>/problems/{train,eval}.jsonl; a benchmark may be eval-only, and then
-no train.jsonl is written.
+`answer` per row, or a benchmark (source: benchmark): a local JSONL/Parquet file (`path`), a local mirror
+under the data root ($DISTILL_DATA, default ../shared/data; `mirror`) or a Hugging Face dataset (`hf_id`,
+used when the mirror is absent), read through a field mapping and normalised to one schema with a rendered
+`prompt` (distill/benchmarks.py, recipes in eval/). Output: runs/<run>/problems/{train,eval}.jsonl; a
+benchmark may be eval-only, and then no train.jsonl is written. The manifest's `source` says where each
+split was read from (mirror:/abs/file, path:/abs/file or hub:<id>[/<config>]:<split>).
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ class ProblemsConfig:
     eval_path: str = ""
     # source=benchmark (distill/benchmarks.py; recipes in eval/)
     benchmark: str = ""  # name written into every row (default: the run name)
-    path: str = ""  # local JSONL or Parquet of the eval split; when empty, hf_id is loaded instead
-    hf_id: str = ""  # Hugging Face dataset id, read through datasets.load_dataset
+    path: str = ""  # local JSONL or Parquet of the eval split; wins over mirror and hf_id
+    mirror: str = ""  # the eval split's file relative to the data root ($DISTILL_DATA), used when present
+    train_mirror: str = ""  # the same for the train split
+    hf_id: str = ""  # Hugging Face dataset id, read through datasets.load_dataset when no local file is used
     hf_config: str = ""
     split: str = "test"  # hf_id's eval split
     train_split: str = ""  # hf_id's train split, if any ("": the benchmark is eval-only)
     fields: dict = field(default_factory=dict)  # {problem, answer, id, level, subject} -> input field name
+    hub_fields: dict = field(default_factory=dict)  # replaces `fields` for hf_id rows (other columns)
     answer_extract: Literal["none", "gsm8k", "boxed"] = "none"  # how the gold comes out of the answer field
     answer_type: Literal["integer", "math"] = "math"
+    skip_missing_gold: bool = False  # leave out rows whose answer gives no gold (listed in the manifest)
     prompt_template: str = "{problem}"
 
     def __post_init__(self):
@@ -63,11 +69,12 @@ class ProblemsConfig:
 
     def _check_benchmark(self):
         self.benchmark = self.benchmark or self.run
-        if not (self.path or self.hf_id):
-            raise ValueError("source=benchmark needs path (a local JSONL/Parquet file) or hf_id")
+        if not (self.path or self.mirror or self.hf_id):
+            raise ValueError("source=benchmark needs path (a local JSONL/Parquet file), mirror or hf_id")
         if self.benchmark in tasks.FAMILIES:
             raise ValueError(f"benchmark {self.benchmark!r} is the name of a built-in task")
         benchmarks.check_fields(self.fields)
+        benchmarks.check_fields(self.hub_fields)
         if "{problem}" not in self.prompt_template:
             raise ValueError("prompt_template must contain {problem}")
 
@@ -85,27 +92,34 @@ def _local(path: str, split: str) -> list[dict]:
     return [{"task": "math", "level": 0, "source": str(path), **r, "answer": str(r["answer"])} for r in rows]
 
 
-def _inputs(cfg: ProblemsConfig) -> dict[str, Path]:
-    """Local input files, hashed into the manifest so a changed benchmark file is visible."""
+def _inputs(cfg: ProblemsConfig, located: dict) -> dict[str, Path]:
+    """Local input files (a benchmark's: the path or mirror used), hashed into the manifest so a changed
+    benchmark file is visible."""
     paths = {"builtin": {}, "jsonl": {"train": cfg.train_path, "eval": cfg.eval_path},
-             "benchmark": {"train": cfg.train_path, "eval": cfg.path}}[cfg.source]
+             "benchmark": {name: loc for name, (kind, loc) in located.items() if kind != "hub"}}[cfg.source]
     return {name: Path(p) for name, p in paths.items() if p}
 
 
 def run(cfg: ProblemsConfig) -> Path:
     started = time.time()
+    located, skipped = {}, {"train": [], "eval": []}  # benchmark: where splits come from, rows left out
     if cfg.source == "builtin":
         train, held_out = _builtin(cfg, "train", cfg.train_per_task), _builtin(cfg, "eval", cfg.eval_per_task)
     elif cfg.source == "jsonl":
         train, held_out = _local(cfg.train_path, "train"), _local(cfg.eval_path, "eval")
     else:
-        train, held_out = benchmarks.load(cfg, "train"), benchmarks.load(cfg, "eval")
-    for name, rows in (("train", train), ("eval", held_out)):
-        if name == "eval" and not rows:
-            raise UserError(f"problems: the {name} set is empty")
+        located = {s: loc for s in ("eval", "train") if (loc := benchmarks.locate(cfg, s))}
+        train = benchmarks.load(cfg, "train", skipped["train"])
+        held_out = benchmarks.load(cfg, "eval", skipped["eval"])
+    if not held_out:
+        raise UserError("problems: the eval set is empty")
     overlap = {r["problem"] for r in train} & {r["problem"] for r in held_out}
     if overlap:
         raise UserError(f"problems: {len(overlap)} eval problems also appear in train, e.g. {min(overlap)!r}")
+    # where each split came from (mirror:/abs/file, path:/abs/file, hub:<id>:<split>); rows with no gold
+    extra = {"source": {s: benchmarks.describe(cfg, loc) for s, loc in located.items()}} if located else {}
+    if any(skipped.values()):
+        extra["skipped_no_gold"] = {s: ids for s, ids in skipped.items() if ids}
     out = stage_dir(cfg.runs_dir, cfg.run, "problems")
     # an eval-only benchmark has no train.jsonl at all, so nothing downstream mistakes it for an empty set
     write_train = cfg.source != "benchmark" or bool(train)
@@ -113,6 +127,11 @@ def run(cfg: ProblemsConfig) -> Path:
         if write_train:
             write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "eval.jsonl", held_out)
-        finish(tmp, "problems", cfg, _inputs(cfg), {"train": len(train), "eval": len(held_out)}, started)
+        finish(tmp, "problems", cfg, _inputs(cfg, located), {"train": len(train), "eval": len(held_out)},
+               started, **extra)
+    for split, where in extra.get("source", {}).items():
+        print(f"problems: {split} split from {where}")
+    for split, ids in extra.get("skipped_no_gold", {}).items():
+        print(f"problems: left out {len(ids)} {split} rows with no gold answer ({', '.join(ids[:5])})")
     print(f"problems: {len(train)} train, {len(held_out)} held-out eval -> {out}")
     return out

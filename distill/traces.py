@@ -41,6 +41,7 @@ class TracesConfig:
     n: int = 4
     temperature: float = 0.8
     top_p: float = 0.95
+    top_k: int = 0  # 0: off (QwQ's card recommends 20-40)
     max_new_tokens: int = 512  # thinking tokens; a trace that has not closed </think> by then is truncated
     max_answer_tokens: int = 32
     batch_size: int = 64
@@ -82,9 +83,15 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 def _record(cfg, p, k, thinking, answer, finish_reason, n_think, n_answer, seconds) -> dict:
-    return {"problem_id": p["id"], "sample": k, "prompt": p["problem"], "thinking": thinking, "answer": answer,
+    return {"problem_id": p["id"], "sample": k, "prompt": prompt_of(p), "thinking": thinking, "answer": answer,
             "finish_reason": finish_reason, "thinking_tokens": n_think, "answer_tokens": n_answer,
             "wall_s": round(seconds, 4), "teacher": "solver" if cfg.backend == "solver" else cfg.model}
+
+
+def prompt_of(problem: dict) -> str:
+    """What the teacher is asked: a benchmark's rendered `prompt` (its template, e.g. the \\boxed{}
+    instruction) where there is one, else the problem text (as `eval` asks it)."""
+    return problem.get("prompt") or problem["problem"]
 
 
 def _solver_chunk(cfg, tok, todo) -> list[dict]:
@@ -98,11 +105,11 @@ def _solver_chunk(cfg, tok, todo) -> list[dict]:
 
 def _model_chunk(cfg, backend, todo, seed) -> list[dict]:
     tok = backend.tok
-    prompts = [G.think_prompt(tok, p["problem"]) for p, _ in todo]
+    prompts = [G.think_prompt(tok, prompt_of(p)) for p, _ in todo]
     started = time.perf_counter()
     results = G.think_and_answer(backend, prompts, max_thinking=cfg.max_new_tokens,
                                  max_answer=cfg.max_answer_tokens, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, seed=seed, desc="traces")
+                                 top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, desc="traces")
     per_sample = (time.perf_counter() - started) / len(todo)  # the chunk's wall time, shared out
     rows = []
     for (p, k), (think, ans) in zip(todo, results):
@@ -120,8 +127,8 @@ def _chat_chunk(cfg, backend, todo, seed) -> list[dict]:
     truncated (no forced answer: a chat endpoint cannot continue a cut thinking)."""
     tok = backend.tok
     started = time.perf_counter()
-    got = backend.chat([p["problem"] for p, _ in todo], cfg.max_new_tokens + cfg.max_answer_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, desc="traces")
+    got = backend.chat([prompt_of(p) for p, _ in todo], cfg.max_new_tokens + cfg.max_answer_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, desc="traces")
     per_sample = (time.perf_counter() - started) / len(todo)
     rows = []
     for (p, k), g in zip(todo, got):
@@ -151,9 +158,9 @@ def run(cfg: TracesConfig) -> Path:
         backend, tok = None, AutoTokenizer.from_pretrained(cfg.tokenizer or
                                                            stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
     else:
-        settings = {"transformers": {"batch_size": cfg.batch_size}, "vllm": cfg.vllm, "openai": cfg.openai}
-        backend = backends.load(cfg.backend, cfg.model, settings=settings[cfg.backend], fallbacks=fallbacks,
-                                runs_dir=cfg.runs_dir, run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation)
+        settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai}[cfg.backend]
+        backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
+                                run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         tok = backend.tok
         if not chat:
             G.stop_tokens(tok)  # a tokenizer without </think> is refused before anything is generated

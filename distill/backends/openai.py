@@ -44,6 +44,9 @@ class OpenAISettings:
     timeout: float = 600.0  # seconds per request
     max_retries: int = 8
     cache: str = ""  # request cache (JSONL); default runs/<run>/cache/openai.jsonl
+    # added to every request's body: a server's own parameters, e.g. vLLM's {skip_special_tokens: false} so
+    # its reasoning parser sees a special </think> in chat replies
+    extra_body: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.base_urls or not self.model:
@@ -99,7 +102,7 @@ class OpenAIBackend:
 
     # ---- the primitive: continue token-id prompts
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
-                 top_p: float, seed: int, desc: str = "generate") -> list[Gen]:
+                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
         if self.s.api == "chat":
             raise UserError("openai backend with api=chat cannot continue a raw prompt, so budget forcing is "
                             "unavailable; use a /v1/completions server (api: completions)")
@@ -113,7 +116,11 @@ class OpenAIBackend:
                                                      "return_token_ids": True}}
             else:
                 body |= {"prompt": self.tok.decode(p), "stop": [self.tok.decode([t]) for t in stop]}
+            if top_k > 0:  # not in OpenAI's API: vLLM and SGLang read it from the body
+                body.setdefault("extra_body", {})["top_k"] = top_k
             bodies.append(body)
+        for body in bodies:
+            body["extra_body"] = {**self.s.extra_body, **body.get("extra_body", {})}
         return [self._gen(r, stop) for r in self._run("completions", bodies, desc)]
 
     def _gen(self, r: dict, stop: list[int]) -> Gen:
@@ -133,9 +140,11 @@ class OpenAIBackend:
 
     # ---- chat-only servers: one request per sample, thinking read back from the response
     def chat(self, problems: list[str], max_tokens: int, *, temperature: float, top_p: float, seed: int,
-             desc: str = "chat") -> list[dict]:
+             desc: str = "chat", top_k: int = 0) -> list[dict]:
         bodies = [{"model": self.s.model, "messages": [{"role": "user", "content": q}], "max_tokens": max_tokens,
-                   "temperature": temperature, "top_p": top_p, "seed": seed + i} for i, q in enumerate(problems)]
+                   "temperature": temperature, "top_p": top_p, "seed": seed + i,
+                   "extra_body": {**self.s.extra_body, **({"top_k": top_k} if top_k > 0 else {})}}
+                  for i, q in enumerate(problems)]
         out = []
         for r in self._run("chat", bodies, desc):
             c = r["choices"][0]

@@ -22,7 +22,7 @@ class TransformersBackend:
                      "attn_implementation": model.config._attn_implementation}
 
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
-                 top_p: float, seed: int, desc: str = "generate") -> list[Gen]:
+                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
         import torch
         from tqdm.auto import tqdm
         from transformers import GenerationConfig
@@ -30,7 +30,9 @@ class TransformersBackend:
         tok = self.tok
         gen_cfg = GenerationConfig(max_new_tokens=max_new, do_sample=temperature > 0, eos_token_id=stop,
                                    pad_token_id=tok.pad_token_id,
-                                   **({"temperature": temperature, "top_p": top_p} if temperature > 0 else {}))
+                                   # top_k 0 = off, as in the other backends (GenerationConfig's own default is 50)
+                                   **({"temperature": temperature, "top_p": top_p, "top_k": top_k}
+                                      if temperature > 0 else {}))
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Gen | None] = [None] * len(prompts)
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -57,8 +59,9 @@ class TransformersBackend:
         pass
 
 
-def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str = "sdpa", **_):
-    """Load a causal LM and its tokenizer from a local path or a Hub id. `settings`: {batch_size}."""
+def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str = "sdpa", batch_size: int = 64,
+         **_):
+    """Load a causal LM and its tokenizer from a local path or a Hub id (no settings of its own)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,7 +81,7 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
         model = model.to("cuda")
     model.eval()
     prepare_tokenizer(tok)
-    return TransformersBackend(model, tok, int(settings.get("batch_size", 64)))
+    return TransformersBackend(model, tok, batch_size)
 
 
 def prepare_tokenizer(tok):
