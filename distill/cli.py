@@ -21,6 +21,9 @@ STAGES = {
     "filter": ("distill.filter", "FilterConfig"),
     "sft": ("distill.sft", "SftConfig"),
     "plan": ("distill.plan", "PlanConfig"),
+    "serve": ("distill.serve", "ServeConfig"),
+    "chat": ("distill.chat", "ChatConfig"),
+    "publish": ("distill.publish", "PublishConfig"),
     "eval": ("distill.eval", "EvalConfig"),
     "report": ("distill.report", "ReportConfig"),
 }
@@ -33,6 +36,7 @@ def _config_class(stage: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    argv = ["push=true" if a == "--push" else a for a in argv]  # `distill publish --push`
     if argv[:1] == ["grade"]:  # a tool over a file, not a recipe stage: its own flags (distill/grade.py)
         from distill import grade
 

@@ -19,10 +19,11 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def think_prompt(tok, problem: str) -> list[int]:
-    """The chat prompt for a problem, ending inside an opened `<think>` (added when the template doesn't)."""
-    text = tok.apply_chat_template([{"role": "user", "content": problem}], tokenize=False,
-                                   add_generation_prompt=True)
+def think_prompt(tok, problem: str | list[dict]) -> list[int]:
+    """The chat prompt for a problem (or a whole conversation, as `serve` gets it), ending inside an opened
+    `<think>` (added when the template doesn't)."""
+    messages = [{"role": "user", "content": problem}] if isinstance(problem, str) else problem
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not text.rstrip().endswith(THINK_OPEN):
         text += THINK_OPEN + "\n"
     return tok(text, add_special_tokens=False).input_ids

@@ -1,0 +1,204 @@
+"""`distill chat`: a terminal chat with a local model (loaded in this process, sampled by the same code as
+`distill serve`) or with a server (`distill serve`, vLLM, any OpenAI-compatible one, through the official
+`openai` client, streamed).
+
+The thinking is shown dimmed (ANSI) before the answer, or hidden with show_thinking=false. Commands:
+`/effort low|medium|high` (the thinking budget calibrated from the model's eval curve), `/reset` (forget
+the conversation), `/quit` (or end of input). A typed `\\n` is a line break. Earlier turns are sent as
+answers only, without their thinking, as reasoning models are trained to see them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from distill import effort
+from distill.artifacts import UserError
+from distill.config import check_literals, check_positive
+
+DIM, RESET = "\033[2m", "\033[0m"
+HELP = "commands: /effort low|medium|high, /reset, /quit"
+
+
+@dataclass
+class ChatConfig:
+    model: str = ""  # a local model folder, loaded here
+    url: str = ""  # or a server, e.g. http://127.0.0.1:8000/v1
+    name: str = ""  # the served model's name (default: the server's first)
+    api_key_env: str = ""  # environment variable holding the server's key
+    effort: Literal["", "low", "medium", "high"] = ""  # "": the server's default (medium where calibrated)
+    show_thinking: bool = True
+    history: bool = True  # send earlier turns; false: every question stands alone
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 0  # thinking + answer; 0: the server's default (a local model: 512)
+    max_thinking: int = 256  # a local model without calibration
+    answer_cue: str = "Final answer:"
+    backend: Literal["transformers", "vllm"] = "transformers"  # for a local model
+    vllm: dict = field(default_factory=dict)
+    seed: int = 0
+    threads: int = 0
+    run: str = "chat"
+    runs_dir: str = "runs"
+
+    def __post_init__(self):
+        check_literals(self)
+        if bool(self.model) == bool(self.url):
+            raise ValueError("give either model=<local model folder> or url=<a server, e.g. "
+                             "http://127.0.0.1:8000/v1>")
+        if self.max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        check_positive("max_thinking", self.max_thinking)
+
+
+def _local(cfg: ChatConfig):
+    """(ask, efforts, errors to report and go on) for a model in this process: serve's chat sampling."""
+    from distill import backends, serve
+    from distill import generate as G
+    from distill.artifacts import Fallbacks
+
+    if not Path(cfg.model).is_dir():
+        raise UserError(f"chat: model not found: {cfg.model}")
+    efforts = effort.load(cfg.model)
+    G.set_threads(cfg.threads)
+    backend = backends.load(cfg.backend, cfg.model, settings=cfg.vllm if cfg.backend == "vllm" else {},
+                            fallbacks=Fallbacks(), runs_dir=cfg.runs_dir, run=cfg.run, batch_size=1)
+    G.stop_tokens(backend.tok)
+    turns, cap = [0], cfg.max_tokens or 512
+
+    def ask(messages: list[dict], level: str):
+        budget = efforts[level] if efforts and level else cfg.max_thinking
+        turns[0] += 1
+        r = serve.sample_chat(backend, [G.think_prompt(backend.tok, messages)],
+                              thinking=min(budget, cap), max_tokens=[cap], cue=cfg.answer_cue,
+                              temperature=cfg.temperature, top_p=cfg.top_p,
+                              seed=cfg.seed + 7919 * turns[0])[0]
+        yield "thinking", r["thinking"]
+        yield "answer", r["answer"]
+        yield "reasoning_tokens", r["reasoning_tokens"]
+
+    return ask, efforts, ()
+
+
+def _remote(cfg: ChatConfig):
+    """(ask, efforts, errors to report and go on) for a server, streamed through the official client."""
+    import os
+
+    import openai
+
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "EMPTY"
+    if cfg.api_key_env and not key:
+        raise UserError(f"chat: environment variable {cfg.api_key_env} (api_key_env) is not set")
+    client = openai.OpenAI(base_url=cfg.url, api_key=key, max_retries=2, timeout=600)
+    try:
+        models = client.models.list().data
+    except openai.APIConnectionError:
+        raise UserError(f"chat: cannot reach {cfg.url} (is the server running?)") from None
+    except openai.APIStatusError as e:
+        raise UserError(f"chat: {cfg.url} answered {e.status_code}: {_message(e)}") from None
+    if not models:
+        raise UserError(f"chat: {cfg.url} serves no model")
+    name = cfg.name or models[0].id
+    served = {m.id: m for m in models}
+    efforts = getattr(served.get(name), "reasoning_effort", None)  # distill serve lists its calibration
+
+    def ask(messages: list[dict], level: str):
+        stream = client.chat.completions.create(
+            model=name, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p, stream=True,
+            stream_options={"include_usage": True}, **({"reasoning_effort": level} if level else {}),
+            **({"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}))
+        for chunk in stream:
+            for c in chunk.choices:
+                # vLLM and distill serve: reasoning_content; newer vLLM: reasoning
+                thinking = getattr(c.delta, "reasoning_content", None) or getattr(c.delta, "reasoning", None)
+                if thinking:
+                    yield "thinking", thinking
+                if c.delta.content:
+                    yield "answer", c.delta.content
+            details = chunk.usage and chunk.usage.completion_tokens_details
+            if details and details.reasoning_tokens is not None:
+                yield "reasoning_tokens", details.reasoning_tokens
+
+    return ask, efforts, (openai.APIError,)
+
+
+def _message(e) -> str:
+    body = getattr(e, "body", None)
+    msg = body.get("message") if isinstance(body, dict) else None
+    return str(msg or getattr(e, "message", e)).strip().splitlines()[0]
+
+
+def _show(events, show_thinking: bool, out) -> str:
+    """Print a reply as it arrives; returns the answer."""
+    answer, thinking_open, tokens = "", False, None
+    for kind, text in events:
+        if kind == "reasoning_tokens":
+            tokens = text
+        elif kind == "thinking" and show_thinking:
+            if not thinking_open:
+                out.write(DIM)
+                thinking_open = True
+            out.write(text)
+        elif kind == "answer":
+            if thinking_open:
+                out.write(RESET + "\n")
+                thinking_open = False
+            answer += text
+            out.write(text)
+        out.flush()
+    if thinking_open:
+        out.write(RESET)
+    out.write("\n")
+    if show_thinking and tokens is not None:
+        out.write(f"{DIM}[{tokens} thinking tokens]{RESET}\n")
+    out.flush()
+    return answer.strip()
+
+
+def _effort_line(level: str, efforts: dict | None, unset: str) -> str:
+    if not level:
+        return f"effort: {unset}"
+    return f"effort: {level}" + (f" (thinking <= {efforts[level]} tokens)" if efforts else
+                                 " (this model has no calibration: its thinking budget is not changed)")
+
+
+def run(cfg: ChatConfig) -> Path:
+    ask, efforts, errors = _local(cfg) if cfg.model else _remote(cfg)
+    level, history, out = cfg.effort or ("medium" if cfg.model and efforts else ""), [], sys.stdout
+    unset = f"none calibrated (thinking <= {cfg.max_thinking} tokens)" if cfg.model else \
+        "the server's default"
+    where = f"local {cfg.model}" if cfg.model else cfg.url
+    print(f"distill chat: {where}; {_effort_line(level, efforts, unset)}; {HELP}", flush=True)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            print()
+            break
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, arg = line.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                break
+            if cmd == "/effort" and arg.strip() in effort.SHARES:
+                level = arg.strip()
+                print(_effort_line(level, efforts, unset))
+            elif cmd == "/reset":
+                history = []
+                print("conversation forgotten")
+            else:
+                print(HELP)
+            continue
+        # a typed `\n` is a line break: a terminal line has none, and the demo's worksheets have two lines
+        messages = (history if cfg.history else []) + [{"role": "user", "content": line.replace("\\n", "\n")}]
+        try:
+            answer = _show(ask(messages, level), cfg.show_thinking, out)
+        except errors as e:
+            print(f"\nerror: {_message(e)}", flush=True)
+            continue
+        history = messages + [{"role": "assistant", "content": answer}]
+    return Path(cfg.model or ".")

@@ -1,0 +1,349 @@
+"""`distill serve`: an OpenAI-compatible server (FastAPI + uvicorn) over any backend's primitive.
+
+    GET  /v1/models
+    POST /v1/chat/completions   thinking in `reasoning_content` (as vLLM's reasoning parsers return it), the
+                                answer in `content`; `reasoning_effort: low|medium|high` picks the thinking
+                                budget calibrated from the model's eval curve (distill/effort.py)
+    POST /v1/completions        the raw primitive: a text or token-id prompt continued as is (as vLLM does),
+                                so `backend: openai` can run traces and eval against this server
+    GET  /health                liveness and batching counters (no key needed)
+
+Sampling is distill/generate.py's, not a copy: a chat request is `think_and_answer` at its budget, and a
+thinking still open when the budget runs out gets `forced_answers`, the budget forcing `eval` measures.
+
+Batching: every generation request becomes a job on an asyncio queue. One batcher task takes the first
+job, sleeps `batch_window_ms` so requests arriving together can join, takes everything queued (up to
+`max_batch`), groups the jobs by what one backend call must share (kind, thinking budget, temperature,
+top_p, seed, stop ids) and runs each group as one call in a single worker thread: the backend is not
+thread-safe, and the event loop stays free meanwhile to accept requests, refuse them (429) and list
+models. Requests arriving while a batch runs form the next one, so under load batches grow by themselves.
+Different max_tokens share a call: it runs at the group's largest and each job is cut to its own (the
+first k tokens of a longer generation are what a call capped at k would produce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from distill import backends, effort
+from distill import generate as G
+from distill import openai_api as api
+from distill.artifacts import Fallbacks, UserError, log
+from distill.config import check_literals, check_positive
+from distill.openai_api import ApiError
+
+
+@dataclass
+class ServeConfig:
+    model: str = ""  # a model folder or Hub id (backend=openai: where the tokenizer comes from)
+    name: str = ""  # the served name; default: the model folder's (its parent's when that is `model`)
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
+    openai: dict = field(default_factory=dict)  # backend=openai: an upstream server
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port (the address is printed)
+    results: str = ""  # an eval results.json: calibrate reasoning_effort, save <model>/reasoning_effort.json
+    eval_name: str = ""  # the model's `name` in results.json (default: the entry whose path is `model`)
+    default_effort: Literal["low", "medium", "high"] = "medium"  # a request naming none (OpenAI's default)
+    max_thinking: int = 256  # thinking budget when the model has no calibration
+    answer_cue: str = "Final answer:"  # budget forcing's cue, as in eval
+    api_key_env: str = ""  # environment variable holding the API key ("": no key)
+    max_prompt_tokens: int = 512
+    max_tokens: int = 512  # the most a request may ask for (thinking + answer); also its default
+    max_in_flight: int = 64  # requests queued or running; more get 429
+    max_batch: int = 64
+    batch_window_ms: float = 5.0
+    temperature: float = 0.6  # defaults for requests that give none
+    top_p: float = 0.95
+    seed: int = 0
+    threads: int = 0
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    run: str = "serve"  # backend=vllm/openai keep their caches under runs_dir/run
+    runs_dir: str = "runs"
+
+    def __post_init__(self):
+        check_literals(self)
+        if not self.model:
+            raise ValueError("model is required (a model folder, e.g. runs/demo/sft/student-l/model)")
+        for k in ("max_thinking", "max_prompt_tokens", "max_tokens", "max_in_flight", "max_batch"):
+            check_positive(k, getattr(self, k))
+        if not 0 <= self.port < 65536 or self.batch_window_ms < 0:
+            raise ValueError("port must be in 0..65535 and batch_window_ms >= 0")
+
+
+# ---- sampling over the primitive (synchronous: runs in the worker thread; `distill chat` calls it directly)
+def sample_chat(backend, prompts: list[list[int]], *, thinking: int, max_tokens: list[int], cue: str,
+                temperature: float, top_p: float, seed: int) -> list[dict]:
+    """Thinking up to `thinking` tokens, then the answer; a thinking the budget cut gets a forced answer.
+    Each sample's thinking + answer is cut to its own max_tokens."""
+    res = G.think_and_answer(backend, prompts, max_thinking=thinking, max_answer=max(max_tokens),
+                             temperature=temperature, top_p=top_p, seed=seed, desc="serve")
+    think = [t.ids[:-1] if t.stopped else t.ids for t, _ in res]
+    cut = [i for i, (_, a) in enumerate(res) if a is None]  # did not close its thinking within the budget
+    forced = dict(zip(cut, G.forced_answers(backend, [prompts[i] for i in cut], [think[i] for i in cut], cue,
+                                            max_answer=max(max_tokens), temperature=temperature, top_p=top_p,
+                                            seed=seed + 1, desc="serve forced"))) if cut else {}
+    out = []
+    for i, (_, natural) in enumerate(res):
+        ans = natural if natural is not None else forced[i]
+        room = max(0, max_tokens[i] - len(think[i]))
+        text = G.decode(backend.tok, ans.ids[:room])
+        out.append({"thinking": G.decode(backend.tok, think[i]),
+                    "answer": text if natural else f"{cue} {text}",  # eval grades forced answers this way
+                    "reasoning_tokens": len(think[i]),
+                    "completion_tokens": len(think[i]) + len(ans.ids[:room]),
+                    "finish_reason": "stop" if ans.stopped and len(ans.ids) <= room else "length"})
+    return out
+
+
+def sample_raw(backend, prompts: list[list[int]], *, max_tokens: list[int], stop: list[int],
+               temperature: float, top_p: float, seed: int) -> list[dict]:
+    gens = backend.generate(prompts, max(max_tokens), stop, temperature=temperature, top_p=top_p, seed=seed,
+                            desc="serve raw")
+    return [{"ids": g.ids[:m], "stopped": g.stopped and len(g.ids) <= m} for g, m in zip(gens, max_tokens)]
+
+
+@dataclass
+class Job:
+    key: tuple  # what one backend call must share
+    prompt: list[int]
+    max_tokens: int
+    future: asyncio.Future
+
+
+class Server:
+    def __init__(self, cfg: ServeConfig, backend, efforts: dict | None, api_key: str):
+        self.cfg, self.backend, self.efforts, self.api_key = cfg, backend, efforts, api_key
+        self.name = cfg.name or _default_name(cfg.model)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="serve-backend")
+        self.queue: asyncio.Queue | None = None  # made in the server's event loop (build_app's lifespan)
+        self.in_flight, self.calls = 0, 0
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "rejected_429": 0}
+
+    # ---- queue and batcher
+    async def submit(self, key: tuple, prompt: list[int], max_tokens: int) -> dict:
+        if self.in_flight >= self.cfg.max_in_flight:
+            self.stats["rejected_429"] += 1
+            raise ApiError(429, f"too many requests in flight (max_in_flight={self.cfg.max_in_flight}); "
+                                "retry later", "rate_limit_error")
+        fut = asyncio.get_running_loop().create_future()
+        self.in_flight += 1
+        # counted down when the job is done, not when the client leaves: a job whose client disconnected
+        # still occupies the backend
+        fut.add_done_callback(lambda _: setattr(self, "in_flight", self.in_flight - 1))
+        self.queue.put_nowait(Job(key, prompt, max_tokens, fut))
+        try:
+            return await asyncio.shield(fut)
+        except ApiError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the backend failed on this batch: its requests fail, not all
+            raise ApiError(500, f"generation failed: {type(e).__name__}: {e}", "server_error") from None
+
+    async def batcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            await asyncio.sleep(self.cfg.batch_window_ms / 1000)  # let requests arriving together join
+            while len(jobs) < self.cfg.max_batch and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+            groups: dict[tuple, list[Job]] = {}
+            for j in jobs:
+                groups.setdefault(j.key, []).append(j)
+            for key, group in groups.items():
+                self.stats["batches"] += 1
+                self.stats["requests"] += len(group)
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+                try:
+                    results = await loop.run_in_executor(self.pool, self._call, key, group)
+                except Exception as e:  # noqa: BLE001 - delivered to each waiting request as a 500
+                    for j in group:
+                        if not j.future.done():
+                            j.future.set_exception(e)
+                    continue
+                for j, r in zip(group, results):
+                    if not j.future.done():
+                        j.future.set_result(r)
+
+    def _call(self, key: tuple, group: list[Job]) -> list[dict]:
+        kind, budget, temperature, top_p, seed, stop = key
+        if seed is None:  # a new seed per call, so repeated requests sample anew
+            self.calls += 1
+            seed = self.cfg.seed + 1_000_003 * self.calls
+        prompts, caps = [j.prompt for j in group], [j.max_tokens for j in group]
+        if kind == "chat":
+            return sample_chat(self.backend, prompts, thinking=budget, max_tokens=caps,
+                               cue=self.cfg.answer_cue, temperature=temperature, top_p=top_p, seed=seed)
+        return sample_raw(self.backend, prompts, max_tokens=caps, stop=list(stop), temperature=temperature,
+                          top_p=top_p, seed=seed)
+
+    # ---- request checks shared by both endpoints
+    def _common(self, req: api.ChatRequest | api.CompletionRequest, prompt: list[int],
+                max_tokens: int | None) -> tuple[int, float, float]:
+        if req.model != self.name:
+            raise ApiError(404, f"model {req.model!r} does not exist; this server serves {self.name!r}",
+                           "not_found_error")
+        if len(prompt) > self.cfg.max_prompt_tokens:
+            raise ApiError(400, f"prompt is {len(prompt)} tokens; this server takes at most "
+                                f"{self.cfg.max_prompt_tokens} (max_prompt_tokens)")
+        max_tokens = self.cfg.max_tokens if max_tokens is None else max_tokens
+        if max_tokens > self.cfg.max_tokens:
+            raise ApiError(400, f"max_tokens={max_tokens} is over this server's limit of "
+                                f"{self.cfg.max_tokens}")
+        return (max_tokens, self.cfg.temperature if req.temperature is None else req.temperature,
+                self.cfg.top_p if req.top_p is None else req.top_p)
+
+    async def chat(self, req: api.ChatRequest) -> dict:
+        prompt = G.think_prompt(self.backend.tok, [m.as_template_message() for m in req.messages])
+        asked = req.max_completion_tokens or req.max_tokens
+        max_tokens, temperature, top_p = self._common(req, prompt, asked)
+        if req.reasoning_effort and not self.efforts:
+            raise ApiError(400, f"reasoning_effort: model {self.name!r} has no calibration "
+                                f"({effort.FILE}); start serve with results=<eval results.json>")
+        level = req.reasoning_effort or self.cfg.default_effort
+        budget = self.efforts[level] if self.efforts else self.cfg.max_thinking
+        # max_tokens counts thinking and answer (as OpenAI and vLLM count reasoning tokens)
+        key = ("chat", min(budget, max_tokens), temperature, top_p, req.seed, ())
+        return await self.submit(key, prompt, max_tokens) | {"prompt_tokens": len(prompt)}
+
+    async def complete(self, req: api.CompletionRequest) -> dict:
+        tok = self.backend.tok
+        prompt = req.prompt if isinstance(req.prompt, list) else \
+            tok(req.prompt, add_special_tokens=False).input_ids
+        if not prompt or not all(0 <= t < len(tok) for t in prompt):
+            raise ApiError(400, f"prompt: empty, or a token id outside the vocabulary 0..{len(tok) - 1}")
+        max_tokens, temperature, top_p = self._common(req, prompt, req.max_tokens)
+        stop = tuple(dict.fromkeys([tok.eos_token_id, *(req.stop_token_ids or [])]))
+        r = await self.submit(("raw", 0, temperature, top_p, req.seed, stop), prompt, max_tokens)
+        ids = r["ids"]
+        hit = ids[-1] if r["stopped"] else None  # the stop id that ended it (vLLM's stop_reason)
+        shown = ids if req.include_stop_str_in_output or not r["stopped"] else ids[:-1]
+        return {"text": tok.decode(shown, skip_special_tokens=req.skip_special_tokens), "token_ids": shown,
+                "stop_reason": hit, "finish_reason": "stop" if r["stopped"] else "length",
+                "prompt_tokens": len(prompt), "completion_tokens": len(ids)}
+
+
+def _default_name(model: str) -> str:
+    p = Path(model)
+    return p.parent.name if p.name == "model" and p.parent.name else p.name
+
+
+def build_app(server: Server):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        server.queue = asyncio.Queue()
+        task = asyncio.create_task(server.batcher())
+        yield
+        task.cancel()
+        server.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="distill serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def api_key(request: Request, call_next):  # before the body is read: a wrong key never gets a 400
+        if server.api_key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {server.api_key}".encode()):
+                return api.error(401, "invalid or missing API key (Authorization: Bearer ...)",
+                                 "authentication_error")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request, exc: RequestValidationError):
+        return api.error(400, api.validation_message(exc.errors()))
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, exc: ApiError):
+        return api.error(exc.status, exc.message, exc.kind)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc: HTTPException):  # unknown routes and methods, in OpenAI's shape
+        return api.error(exc.status_code, str(exc.detail))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "in_flight": server.in_flight, **server.stats}
+
+    @app.get("/v1/models")
+    async def models():
+        cfg = server.cfg
+        return {"object": "list", "data": [
+            {"id": server.name, "object": "model", "created": 0, "owned_by": "distill", "root": cfg.model,
+             "max_model_len": cfg.max_prompt_tokens + cfg.max_tokens, "reasoning_effort": server.efforts}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: api.ChatRequest):
+        return api.chat_response(await server.chat(req), server.name, req)
+
+    @app.post("/v1/completions")
+    async def completions(req: api.CompletionRequest):
+        return api.completion_response(await server.complete(req), server.name, req)
+
+    return app
+
+
+def load_server(cfg: ServeConfig) -> Server:
+    """The backend, the calibrated efforts and the key: everything a server needs before it listens."""
+    key = ""
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env, "")
+        if not key:
+            raise UserError(f"serve: environment variable {cfg.api_key_env} (api_key_env) is not set")
+    local = Path(cfg.model).is_dir()
+    if cfg.results:
+        if not local:
+            raise UserError(f"serve: results= needs a local model folder to save {effort.FILE} in; "
+                            f"{cfg.model} is not one")
+        path = effort.save(cfg.model, effort.calibrate(cfg.results, cfg.model, cfg.eval_name))
+        print(f"serve: calibrated reasoning_effort from {cfg.results} -> {path}")
+    efforts = effort.load(cfg.model) if local else None
+    G.set_threads(cfg.threads)
+    settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai}[cfg.backend]
+    backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=Fallbacks(),
+                            runs_dir=cfg.runs_dir, run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation,
+                            batch_size=cfg.max_batch)
+    G.stop_tokens(backend.tok)  # a model without a single </think> token is refused now, not per request
+    return Server(cfg, backend, efforts, key)
+
+
+def run(cfg: ServeConfig) -> Path:
+    import uvicorn
+
+    # bound here, before the model loads and not by uvicorn: a port in use is a one-line error at once,
+    # and port=0 prints the port it got
+    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        raise UserError(f"serve: cannot listen on {cfg.host}:{cfg.port} ({e.strerror})") from None
+    # listening now: a client that reads the printed address before uvicorn starts waits in the backlog
+    # instead of being refused
+    sock.listen(2048)
+    port = sock.getsockname()[1]
+    server = load_server(cfg)
+    if not server.api_key and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve: listening on %s without an API key (api_key_env=)", cfg.host)
+    efforts = ", ".join(f"{k}={v}" for k, v in server.efforts.items()) if server.efforts else \
+        f"none calibrated, thinking <= {cfg.max_thinking}"
+    print(f"serve: {server.name} on http://{cfg.host}:{port}/v1 (backend {cfg.backend}; reasoning_effort: "
+          f"{efforts}; API key {'required' if server.api_key else 'off'})", flush=True)
+    log_level = os.environ.get("DISTILL_LOG", "INFO").lower()
+    config = uvicorn.Config(build_app(server), log_level="warning" if log_level == "info" else log_level,
+                            access_log=False, timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
+    server.backend.close()
+    return Path(cfg.model)
