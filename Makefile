@@ -6,7 +6,7 @@ ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
 STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report
 
-.PHONY: install install-vllm demo test bench clean grade $(STAGES)
+.PHONY: install install-vllm demo ablation-gkd test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
@@ -68,6 +68,24 @@ demo:
 	$(GEN) eval          --config eval/demo.yaml $(GEN_ARGS)
 	$(DISTILL) report    --config eval/demo.yaml
 	@echo "open runs/demo/report.md"
+
+# Ablation: the demo's largest student trained by SFT and by logit distillation (GKD, TRL's GKDTrainer: generalized
+# JSD to the teacher's distributions, on the student's own samples half the time) for the same training wall time,
+# from the same init and data; both evaluated like the demo, shown in runs/demo/report.md. After `make demo`. GKD's
+# max_steps = the SFT run's train_s / GKD's s/step in a short timing run (a step's cost depends on its sampling).
+ABLATION := runs_dir=runs/demo run=ablation
+GKD_ARGS ?= method=gkd teacher=runs/demo/sft/teacher/model trl.lmbda=0.5 trl.beta=0.5 trl.temperature=0.9 \
+	trl.max_new_tokens=240
+ablation-gkd:
+	rm -rf runs/demo/ablation
+	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-sft
+	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=gkd-timing $(GKD_ARGS) trl.max_steps=40 save_steps=1000
+	steps=$$($(VENV)/bin/python -c 'import json; m = lambda n: json.load(open(f"runs/demo/ablation/sft/{n}/manifest.json")); \
+		s, t = m("student-l-sft"), m("gkd-timing"); print(round(s["timings"]["train_s"] * t["counts"]["steps"] / t["timings"]["train_s"]))') && \
+	echo "gkd: $$steps steps for the SFT run's training time" && \
+	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-gkd $(GKD_ARGS) trl.max_steps=$$steps
+	$(DISTILL) eval --config eval/demo.yaml $(ABLATION) models='[{name: student-l-sft, role: student, path: runs/demo/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/demo/ablation/sft/student-l-gkd/model}]'
+	$(DISTILL) report --config eval/demo.yaml
 
 test:
 	$(VENV)/bin/python -m pytest -q

@@ -21,11 +21,11 @@ STAGES = {
     "filter": ("distill.filter", "FilterConfig"),
     "sft": ("distill.sft", "SftConfig"),
     "plan": ("distill.plan", "PlanConfig"),
+    "eval": ("distill.eval", "EvalConfig"),
+    "report": ("distill.report", "ReportConfig"),
     "serve": ("distill.serve", "ServeConfig"),
     "chat": ("distill.chat", "ChatConfig"),
     "publish": ("distill.publish", "PublishConfig"),
-    "eval": ("distill.eval", "EvalConfig"),
-    "report": ("distill.report", "ReportConfig"),
 }
 
 
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = load_recipe(args.config)
+        if args.stage == "sft" and isinstance(recipe.get("plan"), dict):
+            # sft checks memory with the recipe's plan section before loading a model (its `training:` is the
+            # sft section itself, which sft passes with the command line's overrides applied)
+            plan = {k: v for k, v in recipe["plan"].items() if k != "training"}
+            recipe = {**recipe, "sft": {"plan": plan, **(recipe.get("sft") or {})}}
         all_fields = {f.name for s in STAGES for f in dataclasses.fields(_config_class(s))}
         cfg = build(_config_class(args.stage), args.stage, recipe, parse_overrides(args.overrides),
                     args.config or "defaults", set(STAGES), all_fields)

@@ -12,12 +12,15 @@ Any backend (distill/backends/: transformers, vllm, openai) samples through the 
 Serving cost is measured in the same run, per model: generated tokens/s, latency per answer (p50/p95,
 batched at `batch_size`), peak memory, parameter count, FLOPs per problem (2 x params x tokens) and cost
 per correct answer (measured seconds x `price_per_hour`).
+A model with `draft: <path>` (transformers) is sampled with that draft (speculative decoding); its cost then
+has `speculative`: acceptance rate and speed-up against the same model alone (see `_speculative`).
 Output: runs/<run>/eval/{results.json, results.csv, samples.jsonl, accuracy_vs_thinking.png,
 accuracy_vs_cost.png}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import statistics
@@ -84,10 +87,13 @@ class EvalConfig:
             raise ValueError("models is empty: list {name, role, path} for the teacher and the students")
         names = [m.get("name") for m in self.models]
         for m in self.models:
-            if not isinstance(m, dict) or not {"name", "role", "path"} <= set(m) <= {"name", "role", "path", "backend"} \
+            if not isinstance(m, dict) or not {"name", "role", "path"} <= set(m) <= {"name", "role", "path", "backend", "draft"} \
                     or m["role"] not in ("teacher", "student") or m.get("backend", self.backend) not in backends.KINDS:
                 raise ValueError(f"each model needs name, role (teacher|student), path and optionally backend "
-                                 f"({'|'.join(backends.KINDS)}); got {m}")
+                                 f"({'|'.join(backends.KINDS)}) and draft; got {m}")
+            if m.get("draft") and m.get("backend", self.backend) != "transformers":
+                raise ValueError(f"model {m['name']}: `draft` is a transformers-backend setting; with vLLM use "
+                                 "vllm.speculative_config")
         if any(m.get("backend", self.backend) == "openai" for m in self.models) and self.openai.get("api") == "chat":
             raise ValueError("budget forcing is unavailable through a chat endpoint (it cannot continue a cut "
                              "thinking): eval needs openai.api=completions")
@@ -213,7 +219,8 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
 
 def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
     kind = spec.get("backend", cfg.backend)
-    settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai}[kind]
+    settings = {"transformers": {"draft": spec["draft"]} if spec.get("draft") else {}, "vllm": cfg.vllm,
+                "openai": cfg.openai}[kind]
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
@@ -226,8 +233,38 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
     rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, backend.tok)
     summary = _summarise(cfg, spec, rows, backend.params or 0, gen_seconds, gen_tokens, mem.mb)
     summary["backend"] = backend.info
+    if spec.get("draft"):
+        summary["cost"]["speculative"] = _speculative(cfg, spec, backend, prompts)
     backend.close()
     return summary, rows
+
+
+def _speculative(cfg: EvalConfig, spec: dict, backend, prompts: list[list[int]], k: int = 8) -> dict:
+    """Speculative decoding with `spec["draft"]` as the draft: the acceptance rate over the whole eval run
+    (draft tokens the target kept / draft tokens proposed), and the speed-up against the same model without
+    the draft, measured here on a subset: the thinking prompts of the first `k` problems at the largest
+    budget, run once with the draft and once without, both one prompt at a time (assisted generation only
+    runs at batch size 1; the batched throughput of the model alone is another regime, not this baseline).
+    At temperature 0 the two runs must give identical tokens."""
+    s = dict(backend.spec)  # the eval run's counts, before the timing runs below
+    sub = prompts[::cfg.n][:k]
+    kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "seed": cfg.seed}
+    stop = list(G.stop_tokens(backend.tok))
+    runs = {}
+    for label in ("target_alone", "with_draft"):
+        with backend.without_draft() if label == "target_alone" else contextlib.nullcontext():
+            started = time.perf_counter()
+            gens = backend.generate(sub, cfg.budgets[-1], stop, desc=f"speculative {label}", **kw)
+            seconds = time.perf_counter() - started
+        runs[label] = (gens, sum(len(g.ids) for g in gens) / max(seconds, 1e-9))
+    return {"draft": spec["draft"], "acceptance_rate": s["accepted"] / s["proposed"] if s["proposed"] else None,
+            "proposed_tokens": s["proposed"], "accepted_tokens": s["accepted"],
+            "tokens_per_target_pass": (s["accepted"] + s["target_passes"]) / max(s["target_passes"], 1),
+            "tokens_per_s": runs["with_draft"][1], "target_alone_tokens_per_s": runs["target_alone"][1],
+            "speedup_vs_target_alone": runs["with_draft"][1] / max(runs["target_alone"][1], 1e-9),
+            "speedup_prompts": len(sub),
+            "identical_to_target_alone": ([g.ids for g in runs["with_draft"][0]] ==
+                                          [g.ids for g in runs["target_alone"][0]]) if cfg.temperature == 0 else None}
 
 
 def _csv(models: list[dict]) -> str:

@@ -110,7 +110,21 @@ def _eval_sections(res: dict) -> list[str]:
         "## 6. Serving cost (measured in the same run, batched generation)",
         *_table(["model", "params", "tokens/s", "latency p50 s", "latency p95 s", "peak memory MB",
                  "FLOPs/problem", "$ per correct"], cost), "",
-        "![accuracy vs cost](eval/accuracy_vs_cost.png)", ""]
+        "![accuracy vs cost](eval/accuracy_vs_cost.png)", "", *_speculative_lines(models)]
+
+
+def _speculative_lines(models: list[dict]) -> list[str]:
+    """Models evaluated with a draft (eval's `draft:` key): how often the draft's tokens were accepted and what
+    it did to speed, against the same model alone on the same prompts."""
+    rows = [[m["name"], s["draft"], f"{s['acceptance_rate']:.3f}", f"{s['tokens_per_s']:,.0f}",
+             f"{s['target_alone_tokens_per_s']:,.0f}", f"{s['speedup_vs_target_alone']:.2f}x",
+             "yes" if s.get("identical_to_target_alone") else "no"]
+            for m in models if (s := m["cost"].get("speculative"))]
+    if not rows:
+        return []
+    return ["Speculative decoding (a draft model proposes, the model verifies; one prompt at a time):", "",
+            *_table(["model", "draft", "acceptance", "tokens/s", "alone tokens/s", "speed-up",
+                     "identical at T=0"], rows), ""]
 
 
 def _scaling_section(models: list[dict], budgets: list[int]) -> list[str]:
@@ -130,6 +144,25 @@ def _scaling_section(models: list[dict], budgets: list[int]) -> list[str]:
             "performance (best accuracy):", "",
             *_table(["model", "control", "scaling", "performance"], s1), "",
             "![thinking longer vs sampling more](eval/scaling_axes.png)", ""]
+
+
+def _ablation_section(root: Path) -> list[str]:
+    """SFT against logit distillation (`make ablation-gkd`), when runs/<run>/ablation/ holds its eval."""
+    res = _load(root / "ablation" / "eval" / "results.json")
+    if res is None:
+        return []
+    rows = []
+    for m in res["models"]:
+        s = _load(root / "ablation" / "sft" / m["name"] / "manifest.json") or {"counts": {}, "timings": {}}
+        rows.append([m["name"], s.get("method", "-"), s["counts"].get("steps", "-"),
+                     f"{s['timings']['train_s']:.0f}" if "train_s" in s["timings"] else "-"]
+                    + [f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}" for b in m["budgets"]])
+    return ["## 7. Ablation: SFT vs logit distillation (GKD) at equal training wall time",
+            ("The same student (init, data, optimizer settings) trained on the teacher's filtered traces by "
+             "SFT, and by GKD (generalized JSD to the teacher's next-token distributions, partly on the "
+             "student's own samples), each for the same training time; accuracy on the same "
+             f"{res['n_problems']} held-out problems."), "",
+            *_table(["model", "method", "steps", "train s"] + [f"B={b}" for b in res["budgets"]], rows), ""]
 
 
 def checks(res: dict) -> list[tuple[str, bool, str]]:
@@ -167,7 +200,7 @@ def run(cfg: ReportConfig) -> Path:
     results = checks(res)
     lines += ["## Summary", *_table(["target", "met", "measured"],
                                     [[t, "yes" if ok else "**no**", v] for t, ok, v in results]), ""]
-    lines += _data_sections(root) + _eval_sections(res)
+    lines += _data_sections(root) + _eval_sections(res) + _ablation_section(root)
     atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
     out = stage_dir(cfg.runs_dir, cfg.run, "report")
     finish(out, "report", cfg, {"results": root / "eval" / "results.json"},

@@ -4,19 +4,30 @@ Loss is on assistant tokens only (TRL `assistant_only_loss`, which needs `{% gen
 template). Batches are padded and grouped by length: on CPU, TRL's packing with padding_free is ~11x
 slower, because a packed row gets quadratic SDPA attention. flash-attention-2 and the bitsandbytes 8-bit
 AdamW are asked for by default and fall back (logged, recorded in the manifest) where they can't run.
-Any other SFTConfig setting passes through under `trl:`. Resumes from its last checkpoint.
+Any other SFTConfig setting passes through under `trl:`. Resumes from its last complete checkpoint.
+`method: gkd` trains by logit distillation instead (TRL's GKDTrainer: generalized JSD to `teacher`'s
+next-token distributions, on the student's own samples for a share `lmbda` of the steps).
+Before any model is loaded, a recipe with a `plan:` section (and any run on GPU) is checked with
+`distill plan` for the launch it is in; a run that does not fit stops (exit 2) unless `force=true`.
+Under `accelerate launch` (DDP, FSDP, ZeRO; gloo on CPU) every rank trains and rank 0 alone writes artifacts.
 Output: runs/<run>/sft/<name>/{model/, checkpoints/, log.jsonl, loss.png}.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from distill.artifacts import Fallbacks, UserError, atomic_write_text, finish, stage_dir, staging
-from distill.config import check_positive
+from distill.config import check_literals, check_positive
+
+log = logging.getLogger("distill")
 
 
 @dataclass
@@ -41,11 +52,18 @@ class SftConfig:
     logging_steps: int = 10
     save_steps: int = 200
     seed: int = 0
-    trl: dict = field(default_factory=dict)  # any other trl.SFTConfig field, passed through
+    method: Literal["sft", "gkd"] = "sft"  # gkd: logit distillation from `teacher` (TRL's GKDTrainer)
+    teacher: str = ""  # gkd: path or Hub id of the teacher; it must share the student's tokenizer
+    plan: dict = field(default_factory=dict)  # the recipe's `plan:` section (cli.py puts it here)
+    force: bool = False  # train even when the plan says the run does not fit
+    trl: dict = field(default_factory=dict)  # any other trl.SFTConfig (gkd: GKDConfig) field, passed through
 
     def __post_init__(self):
+        check_literals(self)
         if not self.model:
             raise ValueError("`model` is required (a path or Hub id)")
+        if self.method == "gkd" and not self.teacher:
+            raise ValueError("method=gkd needs `teacher` (a path or Hub id)")
         for k in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
             check_positive(k, getattr(self, k))
 
@@ -68,23 +86,100 @@ def _pick_optim(optim: str, fallbacks: Fallbacks) -> str:
         return "adamw_torch"
 
 
-def _load_model(cfg: SftConfig, fallbacks: Fallbacks):
+def _load_model(path: str, attn: str, fallbacks: Fallbacks):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    attn = cfg.attn_implementation
     if attn == "flash_attention_2" and not torch.cuda.is_available():
         fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
         attn = "sdpa"
-    p = Path(cfg.model)
-    if (cfg.model.startswith((".", "/", "runs/")) or p.exists()) and not p.is_dir():
-        raise UserError(f"sft: model not found: {cfg.model}")
+    p = Path(path)
+    if (path.startswith((".", "/", "runs/")) or p.exists()) and not p.is_dir():
+        raise UserError(f"sft: model not found: {path}")
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.model)
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto", attn_implementation=attn)
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", attn_implementation=attn)
     except OSError as e:
-        raise UserError(f"sft: cannot load model {cfg.model}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"sft: cannot load model {path}: {str(e).splitlines()[0]}") from None
     return model, tok
+
+
+def _launch() -> tuple[int, str]:
+    """(processes, engine) of the launch this process is in, read from what accelerate launch exports."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return world, "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+        offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() == "cpu"
+        return world, "zero3_offload" if stage == "3" and offload else f"zero{stage}"
+    return world, "ddp"
+
+
+def _check_memory(cfg: SftConfig) -> None:
+    """`distill plan` for this launch, before any weights are loaded: a run that cannot fit stops in a second
+    instead of after minutes of loading and an OOM. Engine and GPU count are the launch's (one plain process
+    is one GPU); the rest (gpu_memory, precision, reserve, ...) comes from the recipe's `plan:` section."""
+    import torch
+
+    from distill import plan
+
+    if not cfg.plan and not torch.cuda.is_available():
+        return  # the CPU demo: nothing to plan
+    settings = {k: v for k, v in cfg.plan.items() if k != "training"}
+    gpus, engine = _launch()
+    settings |= {"name": cfg.name, "gpus": gpus, "engine": engine,
+                 "training": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "plan"}}
+    if "gpu_memory" not in settings and torch.cuda.is_available():
+        settings["gpu_memory"] = torch.cuda.get_device_properties(0).total_memory / plan.GB
+    try:
+        if not settings.get("arch"):
+            settings["arch"] = cfg.model if Path(cfg.model).is_dir() else _hub_config(cfg.model)
+        p = plan.plan(plan.PlanConfig(**settings))
+    except (TypeError, ValueError, AttributeError, UserError) as e:
+        if cfg.plan:  # the recipe asked for the plan: its mistakes are the user's to fix
+            raise UserError(f"sft: plan: {str(e).splitlines()[0]}") from None
+        # planned only because this is a GPU: a model or optimizer the planner does not know must not stop it
+        log.warning("sft: plan skipped: %s", str(e).splitlines()[0])
+        return
+    need, have = p["estimate"]["total"] / plan.GB, settings.get("gpu_memory", plan.PlanConfig.gpu_memory)
+    line = (f"{need:.1f} GB per GPU of {have:g} ({gpus} x {engine}, micro-batch "
+            f"{p['estimate']['micro_batch']}; largest that fits: {p['largest_micro_batch']})")
+    if p["fits"]:
+        log.info("sft: plan: fits: %s", line)
+    elif cfg.force:
+        log.warning("sft: plan: does NOT fit, going on (force=true): %s", line)
+    else:
+        raise UserError(f"sft: {cfg.name} does not fit: {line}; see `distill plan`, or force=true")
+
+
+def _hub_config(model: str) -> str:
+    """The config.json of a Hub model (a few kB), for the plan; the weights come later, if it fits."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(model, "config.json")
+    except Exception as e:  # offline, unknown repo, gated: no architecture to plan for
+        raise UserError(f"cannot get {model}'s config.json ({type(e).__name__}); "
+                        "give the recipe a `plan: {arch: <config.json>}`") from None
+
+
+def _last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a run killed while
+    saving leaves a checkpoint-N without it, which resume_from_checkpoint=True would pick and then fail on."""
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.rpartition("-")[2]), default=None)
+
+
+def _save(trainer, tok, dest: Path) -> None:
+    """Every rank calls save_model (ZeRO-3 and FSDP gather the sharded weights into rank 0 collectively); only
+    rank 0 writes, into a staging directory moved into place when complete."""
+    if not trainer.is_world_process_zero():
+        trainer.save_model(str(dest.parent / f".{dest.name}.partial"))  # joins the gather, writes nothing
+        return
+    with staging(dest) as tmp:
+        trainer.save_model(str(tmp))
+        tok.save_pretrained(tmp)
 
 
 def _dataset(path: Path):
@@ -117,15 +212,22 @@ def _plot_loss(history: list[dict], path: Path, title: str) -> None:
 
 def run(cfg: SftConfig) -> Path:
     import torch
-    from trl import SFTConfig, SFTTrainer
 
     started = time.time()
+    _check_memory(cfg)
     if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+        # `threads` is the machine's: the processes of one launch share it (two 2-thread trainings on 2 cores
+        # ran ~10x slower each than one)
+        torch.set_num_threads(max(1, cfg.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     fallbacks = Fallbacks()
+    if not torch.cuda.is_available() and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        # students/accelerate/*.yaml ask for bf16 (GPU configs); the Trainer would take it from the
+        # environment and autocast on CPU, slower than fp32 here and unlike a plain `distill sft`
+        fallbacks.add(f"{os.environ['ACCELERATE_MIXED_PRECISION']} mixed precision", "fp32", "no CUDA device")
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
     data_path = Path(cfg.data or stage_dir(cfg.runs_dir, cfg.run, "filter", "teacher") / "train.jsonl")
     dataset = _dataset(data_path)
-    model, tok = _load_model(cfg, fallbacks)
+    model, tok = _load_model(cfg.model, cfg.attn_implementation, fallbacks)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
     ckpt_dir = out / "checkpoints"
     settings = dict(
@@ -137,39 +239,78 @@ def run(cfg: SftConfig) -> Path:
         # Padded batches (packing + padding_free is quadratic SDPA on CPU). "batch_rebalance" keeps the
         # optimizer batch a random sample while each micro-batch holds similar lengths (12.3k tok/s here vs
         # 7.0k random); "group_by_length" was faster (13.2k) but makes each step one task and level, and the
-        # teacher then learned chain to 0.1-0.2 instead of 1.0 (bench/RESULTS.md).
+        # teacher then learned chain to 0.1-0.2 instead of 1.0 (bench/RESULTS.md). Under DDP the sampler is
+        # rank-aware: every rank draws the same global batch and keeps its own share of it.
         packing=False, padding_free=False, train_sampling_strategy="batch_rebalance",
-        logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=1,
+        logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps",
+        save_steps=cfg.save_steps, save_total_limit=1,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding", bf16=torch.cuda.is_available(),
-        disable_tqdm=False)
+        # Without CUDA, processes started by torchrun (accelerate's multi-GPU launcher) join a gloo group only
+        # when told they are on CPU; otherwise each trains alone, as rank 0 of 1, writing the same files.
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+        ddp_find_unused_parameters=False)  # every weight of a causal LM gets a gradient: no DDP graph walk
+    if cfg.method == "gkd":
+        # GKD's collator tokenizes the raw `messages` itself (prompt + completion), so there are no lengths
+        # for batch_rebalance to read, and its loss covers the whole assistant turn anyway.
+        settings |= {"train_sampling_strategy": "random", "assistant_only_loss": False}
+    trainer_cls, args = _trainer(cfg.method, settings | cfg.trl)  # `trl:` settings override ours
+    extra = {}
+    if cfg.method == "gkd":
+        extra["teacher_model"] = _teacher(cfg, tok, fallbacks)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok, **extra)
+    main = trainer.is_world_process_zero()
+    last = _last_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if last and main:
+        print(f"sft: resuming from {last}")
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    _save(trainer, tok, out / "model")
+    if main:  # rank 0 alone writes the log, plot and manifest
+        history = trainer.state.log_history
+        losses = [h["loss"] for h in history if "loss" in h]
+        tokens = int(trainer.state.num_input_tokens_seen)
+        train_s = result.metrics["train_runtime"]
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        _plot_loss(history, out / "loss.png", cfg.name)
+        params = sum(p.numel() for p in model.parameters())
+        counts = {"rows": len(dataset), "steps": trainer.state.global_step, "tokens_seen": tokens,
+                  "params": params, "first_loss": losses[0] if losses else None,
+                  "final_loss": losses[-1] if losses else None, "resumed": last is not None,
+                  "processes": args.world_size}
+        models = {"model": cfg.model, "teacher": cfg.teacher}
+        inputs = {"data": data_path} | {k: Path(v) for k, v in models.items() if v and Path(v).is_dir()}
+        finish(out, "sft", cfg, inputs, counts, started, fallbacks=fallbacks.items, optimizer=args.optim,
+               method=cfg.method, timings={"train_s": round(train_s, 3),
+                                           "tokens_per_s": round(tokens / max(train_s, 1e-9), 1)})
+        print(f"sft: {cfg.name}: {trainer.state.global_step} steps ({cfg.method}, {args.world_size} "
+              f"process(es)), loss {counts['first_loss']} -> {counts['final_loss']}, "
+              f"{tokens / max(train_s, 1e-9):,.0f} tokens/s -> {out / 'model'}")
+    # Every rank waits for rank 0's writes, then leaves the process group: a rank that simply exits can abort
+    # in gloo's teardown (SIGABRT, seen here), and torchrun then SIGTERMs rank 0 in the middle of writing.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return out
+
+
+def _trainer(method: str, settings: dict):
+    """TRL's trainer and config for the method; GKDConfig extends SFTConfig, so every setting carries over."""
+    if method == "gkd":
+        from trl.experimental.gkd import GKDConfig as Config
+        from trl.experimental.gkd import GKDTrainer as Trainer
+    else:
+        from trl import SFTConfig as Config
+        from trl import SFTTrainer as Trainer
     try:
-        args = SFTConfig(**(settings | cfg.trl))  # `trl:` settings override ours
+        return Trainer, Config(**settings)
     except (TypeError, ValueError) as e:
         raise UserError(f"sft: bad trl setting: {str(e).splitlines()[0]}") from None
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
-    resume = ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
-    if resume:
-        print(f"sft: resuming from the last checkpoint in {ckpt_dir}")
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    tokens = int(trainer.state.num_input_tokens_seen)
-    train_s = result.metrics["train_runtime"]
-    with staging(out / "model") as tmp:
-        trainer.save_model(str(tmp))
-        tok.save_pretrained(tmp)
-    atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    _plot_loss(history, out / "loss.png", cfg.name)
-    params = sum(p.numel() for p in model.parameters())
-    counts = {"rows": len(dataset), "steps": trainer.state.global_step, "tokens_seen": tokens, "params": params,
-              "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-              "resumed": resume}
-    finish(out, "sft", cfg, {"data": data_path} | ({"model": Path(cfg.model)} if Path(cfg.model).is_dir()
-                                                   else {}),
-           counts, started, fallbacks=fallbacks.items, optimizer=args.optim,
-           timings={"train_s": round(train_s, 3), "tokens_per_s": round(tokens / max(train_s, 1e-9), 1)})
-    print(f"sft: {cfg.name}: {trainer.state.global_step} steps, loss {counts['first_loss']} -> "
-          f"{counts['final_loss']}, {tokens / max(train_s, 1e-9):,.0f} tokens/s -> {out / 'model'}")
-    return out
+
+
+def _teacher(cfg: SftConfig, tok, fallbacks: Fallbacks):
+    """The GKD teacher, held to the student's tokenizer: the divergence compares the two next-token
+    distributions id by id, so an id must mean the same text in both (TRL's `gold` is for differing ones)."""
+    teacher, teacher_tok = _load_model(cfg.teacher, cfg.attn_implementation, fallbacks)
+    if teacher_tok.get_vocab() != tok.get_vocab():
+        raise UserError(f"sft: teacher {cfg.teacher} and student {cfg.model} have different tokenizers; "
+                        "gkd needs the same one")
+    return teacher

@@ -2,10 +2,17 @@
 
 Prompts are left-padded into batches of `batch_size`, shortest prompts together. A sample's latency is the
 wall time of the batch it ran in (what it would wait under batched serving).
+
+Speculative decoding: with a `draft` model (setting `draft: <path>`, e.g. the distilled student, same tokenizer)
+`model.generate(..., assistant_model=draft)` runs transformers' assisted generation: the draft proposes tokens,
+the target verifies them in one forward pass. Greedy outputs are the target's own; sampled ones follow the
+target's distribution (speculative sampling). transformers only supports it at batch size 1, so with a draft
+prompts run one at a time (a sample's latency is then its own). `spec` counts proposed and accepted draft tokens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -14,12 +21,48 @@ from distill.backends import Gen
 
 
 class TransformersBackend:
-    def __init__(self, model, tok, batch_size: int):
-        self.model, self.tok, self.batch_size = model, tok, batch_size
+    def __init__(self, model, tok, batch_size: int, draft=None, draft_path: str | None = None):
+        self.model, self.tok, self.batch_size, self.draft = model, tok, batch_size, draft
         self.name = "transformers"
         self.params = sum(p.numel() for p in model.parameters())
         self.info = {"backend": "transformers", "device": str(model.device), "dtype": str(model.dtype),
                      "attn_implementation": model.config._attn_implementation}
+        if draft is not None:
+            self.info["draft"] = draft_path
+        self.spec = {"proposed": 0, "accepted": 0, "target_passes": 0}
+
+    @contextlib.contextmanager
+    def without_draft(self):
+        """The target alone, one prompt at a time: the baseline speculative decoding is measured against."""
+        draft, batch_size = self.draft, self.batch_size
+        self.draft, self.batch_size = None, 1
+        try:
+            yield self
+        finally:
+            self.draft, self.batch_size = draft, batch_size
+
+    def _assisted(self, ids, mask, gen_cfg):
+        """One prompt (batch 1, no padding) through assisted generation, counting its draft tokens.
+
+        The acceptance rate is counted from the target's forward passes (a pre-hook sees each pass's input):
+        every pass verifies the draft's candidates and keeps the accepted ones plus one token of its own, so
+        accepted = generated tokens - passes; proposed = the candidate tokens fed to those passes (the first
+        pass gets prompt + candidates, each later one the last kept token + candidates). This needs nothing
+        from transformers' internals (its candidate generator keeps no counter)."""
+        width, fed = ids.shape[1], []
+        hook = self.model.register_forward_pre_hook(
+            lambda _m, args, kw: fed.append((kw.get("input_ids") if kw.get("input_ids") is not None else args[0]).shape[1]),
+            with_kwargs=True)
+        try:
+            res = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                                      assistant_model=self.draft)
+        finally:
+            hook.remove()
+        if fed:
+            self.spec["proposed"] += (fed[0] - width) + sum(n - 1 for n in fed[1:])
+            self.spec["accepted"] += (res.shape[1] - width) - len(fed)
+            self.spec["target_passes"] += len(fed)
+        return res
 
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
                  top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
@@ -35,7 +78,8 @@ class TransformersBackend:
                                       if temperature > 0 else {}))
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Gen | None] = [None] * len(prompts)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        size = 1 if self.draft is not None else self.batch_size  # assisted generation: batch size 1 only
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
         for b, idx in enumerate(tqdm(batches, desc=desc, unit="batch", leave=False, disable=len(batches) < 2)):
             width = max(len(prompts[i]) for i in idx)
             ids = torch.full((len(idx), width), tok.pad_token_id, dtype=torch.long)
@@ -46,8 +90,11 @@ class TransformersBackend:
             torch.manual_seed(seed + b)
             started = time.perf_counter()
             with torch.inference_mode():
-                res = self.model.generate(input_ids=ids.to(self.model.device),
-                                          attention_mask=mask.to(self.model.device), generation_config=gen_cfg)
+                if self.draft is not None:
+                    res = self._assisted(ids.to(self.model.device), mask.to(self.model.device), gen_cfg)
+                else:
+                    res = self.model.generate(input_ids=ids.to(self.model.device),
+                                              attention_mask=mask.to(self.model.device), generation_config=gen_cfg)
             seconds = time.perf_counter() - started
             for row, i in enumerate(idx):
                 gen = res[row, width:].tolist()
@@ -61,7 +108,8 @@ class TransformersBackend:
 
 def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str = "sdpa", batch_size: int = 64,
          **_):
-    """Load a causal LM and its tokenizer from a local path or a Hub id (no settings of its own)."""
+    """Load a causal LM and its tokenizer from a local path or a Hub id. Setting `draft`: a smaller model with
+    the same tokenizer, loaded alongside as the assistant for speculative decoding."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,7 +129,27 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
         model = model.to("cuda")
     model.eval()
     prepare_tokenizer(tok)
-    return TransformersBackend(model, tok, batch_size)
+    draft = None
+    if settings.get("draft"):
+        draft = _load_draft(settings["draft"], tok, dtype=dtype, attn=attn, device=model.device)
+    return TransformersBackend(model, tok, batch_size, draft, settings.get("draft"))
+
+
+def _load_draft(path: str, tok, *, dtype: str, attn: str, device):
+    """The draft model; its tokenizer must be the target's (same token ids), else its proposals mean nothing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(path).is_dir() and path.startswith((".", "/", "runs/")):
+        raise UserError(f"draft model not found: {path}")
+    try:
+        dtok = AutoTokenizer.from_pretrained(path)
+        draft = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    except OSError as e:
+        raise UserError(f"cannot load draft model {path}: {str(e).splitlines()[0]}") from None
+    if dtok.get_vocab() != tok.get_vocab():
+        raise UserError(f"draft model {path} has a different tokenizer from the target's: speculative decoding "
+                        "here needs the same one")
+    return draft.to(device).eval()
 
 
 def prepare_tokenizer(tok):

@@ -1,0 +1,69 @@
+"""Speculative decoding: a smaller model with the same tokenizer as the teacher's draft (transformers assisted
+generation). Greedy outputs must be the target's own, token for token; eval reports acceptance and speed-up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill import eval as ev
+from distill import generate as G
+from distill.artifacts import read_jsonl
+from distill.backends import transformers as T
+
+DRAFT_ARCH = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32, "num_attention_heads": 2,
+              "num_key_value_heads": 1}
+
+
+@pytest.fixture(scope="module")
+def models(built):
+    from distill import init
+
+    init.run(init.InitConfig(run="t", runs_dir=str(built), name="spec-draft", arch=DRAFT_ARCH, seed=1))
+    return built / "t/init/tiny", built / "t/init/spec-draft"
+
+
+def _prompts(built, tok, k=8):
+    return [G.think_prompt(tok, p["problem"]) for p in read_jsonl(built / "t/problems/eval.jsonl")[:k]]
+
+
+def test_greedy_with_draft_is_the_target_alone_token_for_token(built, models):
+    teacher, draft = models
+    b = T.load(str(teacher), settings={"draft": str(draft)}, fallbacks=None)
+    prompts, stop = _prompts(built, b.tok), list(G.stop_tokens(b.tok))
+    assert len(prompts) == 8
+    kw = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
+    with_draft = b.generate(prompts, 40, stop, **kw)
+    assert b.spec["proposed"] > 0 and 0 <= b.spec["accepted"] <= b.spec["proposed"]
+    with b.without_draft():
+        alone = b.generate(prompts, 40, stop, **kw)
+    assert [g.ids for g in with_draft] == [g.ids for g in alone]
+    assert sum(len(g.ids) for g in alone) > 8 * 5
+
+    # the counter: a draft identical to the target proposes what the target would pick, so all is accepted
+    same = T.load(str(teacher), settings={"draft": str(teacher)}, fallbacks=None)
+    assert [g.ids for g in same.generate(prompts, 40, stop, **kw)] == [g.ids for g in alone]
+    assert same.spec["proposed"] > 0 and same.spec["accepted"] / same.spec["proposed"] > 0.95
+
+
+def test_eval_reports_acceptance_and_speedup(built, models, tmp_path):
+    teacher, draft = models
+    out = ev.run(ev.EvalConfig(run="sp", runs_dir=str(tmp_path), problems=str(built / "t/problems/eval.jsonl"),
+                               models=[{"name": "teacher", "role": "teacher", "path": str(teacher),
+                                        "draft": str(draft)}],
+                               budgets=[8, 24], n=1, temperature=0.0, max_answer_tokens=6, limit=4, threads=2))
+    m = json.loads((out / "results.json").read_text())["models"][0]
+    spec = m["cost"]["speculative"]
+    assert spec["draft"] == str(draft) and m["backend"]["draft"] == str(draft)
+    assert 0 <= spec["acceptance_rate"] <= 1 and spec["proposed_tokens"] > 0
+    assert spec["tokens_per_s"] > 0 and spec["speedup_vs_target_alone"] > 0 and spec["speedup_prompts"] == 4
+    assert spec["identical_to_target_alone"] is True
+    from distill import report
+
+    lines = report._speculative_lines([m])  # the report's serving-cost section shows it
+    assert any(line.startswith("| teacher | " + str(draft)) and "yes" in line for line in lines)
+
+    with pytest.raises(ValueError, match="draft"):
+        ev.EvalConfig(models=[{"name": "t", "role": "teacher", "path": str(teacher), "draft": str(draft),
+                               "backend": "vllm"}])
