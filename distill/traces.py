@@ -74,8 +74,43 @@ def _resume(path: Path) -> set[tuple[str, int]]:
     return {(r["problem_id"], r["sample"]) for r in read_jsonl(path)}
 
 
-def _append(path: Path, rows: list[dict]) -> None:
+# what a sample depends on: a log made with other values of these is not resumed (n and limit may grow)
+SHAPING = ("backend", "model", "temperature", "top_p", "top_k", "max_new_tokens", "max_answer_tokens", "seed",
+           "openai")
+
+
+def _identity(cfg, src: Path) -> dict:
+    from distill.artifacts import sha256
+
+    ident = {k: getattr(cfg, k) for k in SHAPING} | {"problems_sha256": sha256(src)}
+    ident["openai"] = {k: v for k, v in cfg.openai.items() if k not in ("base_urls", "concurrency", "timeout",
+                                                                       "max_retries", "cache")}
+    if cfg.model and Path(cfg.model).is_dir():
+        ident["model_sha256"] = sha256(Path(cfg.model))
+    return ident
+
+
+def _check_resume(path: Path, ident: dict) -> None:
+    """A log is resumed only by the settings that made it: samples made another way would be kept silently
+    and the stage's config.yaml would lie about them."""
+    saved = path.parent / ".identity.json"
+    if not path.exists() or not saved.exists():
+        return
+    old = json.loads(saved.read_text())
+    differ = [k for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k)]
+    if differ:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" if not k.endswith("sha256") else
+                         f"{k} changed" for k in differ)
+        raise UserError(f"traces: {path} was made with other settings ({what}); to start afresh, delete "
+                        f"{path.parent} or give another name=")
+
+
+def _append(path: Path, rows: list[dict], ident: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+    if ident is not None and not path.exists():  # a new log: record what makes its samples (atomically)
+        from distill.artifacts import atomic_write_json
+
+        atomic_write_json(path.parent / ".identity.json", ident)
     with path.open("a") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
@@ -146,6 +181,10 @@ def run(cfg: TracesConfig) -> Path:
     problems = problems[:cfg.limit] if cfg.limit else problems
     if not problems:
         raise UserError(f"{src}: no problems")
+    out = stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name)
+    log_path = out / "traces.jsonl"
+    ident = _identity(cfg, src)
+    _check_resume(log_path, ident)  # before any model is loaded
     fallbacks = Fallbacks()
     chat = cfg.backend == "openai" and cfg.openai.get("api") == "chat"
     G.set_threads(cfg.threads)
@@ -165,8 +204,6 @@ def run(cfg: TracesConfig) -> Path:
         if not chat:
             G.stop_tokens(tok)  # a tokenizer without </think> is refused before anything is generated
 
-    out = stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name)
-    log_path = out / "traces.jsonl"
     done = _resume(log_path)
     todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
     print(f"traces: {len(done)} samples already done, {len(todo)} to generate -> {log_path}")
@@ -178,7 +215,7 @@ def run(cfg: TracesConfig) -> Path:
             seed = cfg.seed + len(done) + c
             rows = (_solver_chunk(cfg, tok, chunk) if backend is None else
                     _chat_chunk(cfg, backend, chunk, seed) if chat else _model_chunk(cfg, backend, chunk, seed))
-            _append(log_path, rows)
+            _append(log_path, rows, ident)
             bar.update(len(chunk))
     gen_seconds = time.time() - gen_started
 

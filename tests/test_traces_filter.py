@@ -83,3 +83,20 @@ def test_transformers_traces_resume_after_kill_9(built):
     assert set(r) >= {"problem_id", "sample", "prompt", "thinking", "answer", "finish_reason", "thinking_tokens",
                       "answer_tokens", "wall_s", "teacher"}
     assert r["finish_reason"] in ("stop", "length") and r["thinking_tokens"] <= 24
+
+
+def test_traces_resume_only_with_the_settings_that_made_the_log(built):
+    from .conftest import distill
+
+    model = built / "t" / "init" / "tiny"
+    args = ["traces", f"runs_dir={built}", "run=t", "name=ident", f"model={model}", "n=2", "limit=3",
+            "max_new_tokens=8", "max_answer_tokens=4", "threads=1"]
+    distill(*args)
+    log = built / "t" / "traces" / "ident" / "traces.jsonl"
+    before = log.read_bytes()
+    proc = distill(*args, "temperature=1.5", check=False)  # other settings: not resumed, nothing touched
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "temperature: 0.8 -> 1.5" in proc.stderr and "name=" in proc.stderr
+    assert log.read_bytes() == before
+    again = distill(*args, "n=3")  # the same settings: resumed, only the new samples are generated
+    assert "6 samples already done, 3 to generate" in again.stdout
