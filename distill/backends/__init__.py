@@ -39,6 +39,18 @@ def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "r
                        dtype=dtype, attn=attn, batch_size=batch_size)
 
 
+def check_local_dir(path: str, what: str = "model") -> None:
+    """A model given as a local path (absolute, ./…, runs/…, or an existing file) must be a folder; anything
+    else is a Hub id and is left to from_pretrained."""
+    from pathlib import Path
+
+    from distill.artifacts import UserError
+
+    p = Path(path)
+    if (p.is_absolute() or path.startswith((".", "runs/")) or p.exists()) and not p.is_dir():
+        raise UserError(f"{what} not found: {path}")
+
+
 def count_params(path: str) -> int | None:
     """Parameters stored in a local checkpoint's safetensors files (read from their headers, nothing
     loaded); None when the model is not a local folder of safetensors (a Hub id, a remote server)."""

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 from distill.artifacts import UserError
-from distill.backends import Gen
+from distill.backends import Gen, check_local_dir
 
 
 class TransformersBackend:
@@ -113,9 +112,7 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    p = Path(path)
-    if (p.is_absolute() or path.startswith((".", "runs/")) or p.exists()) and not p.is_dir():
-        raise UserError(f"model not found: {path}")
+    check_local_dir(path)
     if attn == "flash_attention_2" and not torch.cuda.is_available():
         if fallbacks is not None:
             fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
@@ -139,8 +136,7 @@ def _load_draft(path: str, tok, *, dtype: str, attn: str, device):
     """The draft model; its tokenizer must be the target's (same token ids), else its proposals mean nothing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path).is_dir() and path.startswith((".", "/", "runs/")):
-        raise UserError(f"draft model not found: {path}")
+    check_local_dir(path, "draft model")
     try:
         dtok = AutoTokenizer.from_pretrained(path)
         draft = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)

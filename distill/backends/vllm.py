@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from distill.artifacts import UserError
-from distill.backends import Gen, count_params
+from distill.backends import Gen, check_local_dir, count_params
 from distill.backends.transformers import prepare_tokenizer
 
 # vLLM's CPU attention kernels take only these head sizes (get_supported_head_sizes of its CPU backend)
@@ -88,9 +88,7 @@ def load(path: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: s
     import torch
     from transformers import AutoTokenizer
 
-    p = Path(path)
-    if (p.is_absolute() or path.startswith((".", "runs/")) or p.exists()) and not p.is_dir():
-        raise UserError(f"model not found: {path}")
+    check_local_dir(path)
     engine = {"enable_prefix_caching": True, "seed": 0}
     if not torch.cuda.is_available():
         head = _cpu_head_size(path)
