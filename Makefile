@@ -4,9 +4,9 @@ DISTILL := $(VENV)/bin/distill
 CONFIG  ?= eval/demo.yaml
 ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
-STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report
+STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report quantize
 
-.PHONY: install install-vllm demo ablation-gkd test bench clean grade $(STAGES)
+.PHONY: install install-vllm install-local demo demo-quantized ablation-gkd test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
@@ -28,6 +28,23 @@ install-vllm:
 	$(VLLM_VENV)/bin/pip freeze | grep -iE '^(torch|transformers|tokenizers|numpy)==' > $(VLLM_VENV)/constraints.txt
 	$(VLLM_VENV)/bin/pip install --quiet -c $(VLLM_VENV)/constraints.txt -e '.[dev]'
 	@$(VLLM_VENV)/bin/python -c "import vllm, distill; print('installed: vllm', vllm.__version__, 'in $(VLLM_VENV)')"
+
+# Local quantized inference (distill quantize, backend llama_cpp): llama-cpp-python into .venv (it builds llama.cpp
+# from source: ~12 min on 2 cores the first time, then pip's cache makes it seconds) and llama.cpp's own
+# converter, which is not in its wheel: convert_hf_to_gguf.py, conversion/ and the matching gguf-py, unpacked
+# from the same version's sdist into .venv/share/llama.cpp (PyPI's gguf does not match this converter).
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_SHARE       := $(VENV)/share/llama.cpp
+install-local:
+	$(VENV)/bin/pip install --quiet -e '.[dev,local]'
+	rm -rf $(LLAMA_SHARE) && mkdir -p $(LLAMA_SHARE)/sdist
+	$(VENV)/bin/pip download --quiet --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(LLAMA_SHARE)/sdist
+	tar -xzf $(LLAMA_SHARE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SHARE) --strip-components=3 \
+		--wildcards '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' \
+		'*/vendor/llama.cpp/gguf-py' '*/vendor/llama.cpp/LICENSE'
+	rm -rf $(LLAMA_SHARE)/sdist
+	@$(VENV)/bin/python -c "import llama_cpp; print('installed: llama-cpp-python', llama_cpp.__version__, \
+		'and its converter in $(LLAMA_SHARE)')"
 
 $(STAGES):
 	$(DISTILL) $@ --config $(CONFIG) $(ARGS)
@@ -68,6 +85,18 @@ demo:
 	$(GEN) eval          --config eval/demo.yaml $(GEN_ARGS)
 	$(DISTILL) report    --config eval/demo.yaml
 	@echo "open runs/demo/report.md"
+
+# The demo's teacher and largest student quantized (GGUF q8_0 and Q4_K_M through llama.cpp, bitsandbytes 8-bit and
+# NF4) and evaluated next to fp32 on the same problems, sampled as in the demo and greedy (are the outputs fp32's?):
+# section 8 of runs/demo/report.md. After `make demo` and
+# `make install-local`. student-l has no bnb-4bit: its widths are too narrow for bnb's 4-bit CPU kernel.
+demo-quantized:
+	@$(VENV)/bin/python -c "import llama_cpp" 2>/dev/null || { echo "needs llama-cpp-python: run make install-local"; exit 2; }
+	for f in gguf-q8_0 gguf-q4_k_m bnb-8bit bnb-4bit; do $(DISTILL) quantize --config teachers/demo.yaml --format $$f || exit 1; done
+	for f in gguf-q8_0 gguf-q4_k_m bnb-8bit; do $(DISTILL) quantize --config students/demo-l.yaml --format $$f || exit 1; done
+	$(DISTILL) eval --config eval/quantized.yaml
+	$(DISTILL) eval --config eval/quantized.yaml run=quantized-greedy temperature=0 n=1
+	$(DISTILL) report --config eval/demo.yaml
 
 # Ablation: the demo's largest student trained by SFT and by logit distillation (GKD, TRL's GKDTrainer: generalized
 # JSD to the teacher's distributions, on the student's own samples half the time) for the same training wall time,

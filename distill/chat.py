@@ -37,8 +37,9 @@ class ChatConfig:
     max_tokens: int = 0  # thinking + answer; 0: the server's default (a local model: 512)
     max_thinking: int = 256  # a local model without calibration
     answer_cue: str = "Final answer:"
-    backend: Literal["transformers", "vllm"] = "transformers"  # for a local model
+    backend: Literal["transformers", "vllm", "llama_cpp"] = "transformers"  # a local model; .gguf: llama_cpp
     vllm: dict = field(default_factory=dict)
+    llama_cpp: dict = field(default_factory=dict)
     seed: int = 0
     threads: int = 0
     run: str = "chat"
@@ -52,6 +53,8 @@ class ChatConfig:
         if self.max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         check_positive("max_thinking", self.max_thinking)
+        if self.model.endswith(".gguf"):
+            self.backend = "llama_cpp"
 
 
 def _local(cfg: ChatConfig):
@@ -60,11 +63,12 @@ def _local(cfg: ChatConfig):
     from distill import generate as G
     from distill.artifacts import Fallbacks
 
-    if not Path(cfg.model).is_dir():
+    folder = Path(cfg.model).parent if cfg.model.endswith(".gguf") else Path(cfg.model)
+    if not folder.is_dir() or not Path(cfg.model).exists():
         raise UserError(f"chat: model not found: {cfg.model}")
-    efforts = effort.load(cfg.model)
+    efforts = effort.load(folder)
     G.set_threads(cfg.threads)
-    backend = backends.load(cfg.backend, cfg.model, settings=cfg.vllm if cfg.backend == "vllm" else {},
+    backend = backends.load(cfg.backend, cfg.model, settings=getattr(cfg, cfg.backend, {}),
                             fallbacks=Fallbacks(), runs_dir=cfg.runs_dir, run=cfg.run, batch_size=1)
     G.stop_tokens(backend.tok)
     turns, cap = [0], cfg.max_tokens or 512

@@ -26,6 +26,7 @@ STAGES = {
     "serve": ("distill.serve", "ServeConfig"),
     "chat": ("distill.chat", "ChatConfig"),
     "publish": ("distill.publish", "PublishConfig"),
+    "quantize": ("distill.quantize", "QuantizeConfig"),
 }
 
 
@@ -37,6 +38,9 @@ def _config_class(stage: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     argv = ["push=true" if a == "--push" else a for a in argv]  # `distill publish --push`
+    if "--format" in argv[:-1]:  # `distill quantize --format gguf-q4_k_m`
+        i = argv.index("--format")
+        argv[i:i + 2] = [f"format={argv[i + 1]}"]
     if argv[:1] == ["grade"]:  # a tool over a file, not a recipe stage: its own flags (distill/grade.py)
         from distill import grade
 

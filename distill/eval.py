@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import statistics
 import threading
 import time
@@ -52,9 +53,10 @@ class EvalConfig:
     runs_dir: str = "runs"
     problems: str = ""  # default: runs/<run>/problems/eval.jsonl (held out)
     models: list[dict] = field(default_factory=list)  # [{name, role: teacher|student, path[, backend]}]
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"  # a model's `backend` overrides it
+    backend: Literal["transformers", "vllm", "openai", "llama_cpp"] = "transformers"  # a model's `backend` wins
     vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
     openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, ...
+    llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama (n_ctx, ...)
     budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
     n: int = 4
     temperature: float = 0.6
@@ -220,7 +222,7 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
 def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
     kind = spec.get("backend", cfg.backend)
     settings = {"transformers": {"draft": spec["draft"]} if spec.get("draft") else {}, "vllm": cfg.vllm,
-                "openai": cfg.openai}[kind]
+                "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[kind]
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
@@ -233,6 +235,9 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
     rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, backend.tok)
     summary = _summarise(cfg, spec, rows, backend.params or 0, gen_seconds, gen_tokens, mem.mb)
     summary["backend"] = backend.info
+    origin = Path(spec["path"]) / "quantized_from.json"  # a `distill quantize` output: the report compares it
+    if origin.is_file():
+        summary["quantized_from"] = json.loads(origin.read_text())
     if spec.get("draft"):
         summary["cost"]["speculative"] = _speculative(cfg, spec, backend, prompts)
     backend.close()

@@ -165,6 +165,59 @@ def _ablation_section(root: Path) -> list[str]:
             *_table(["model", "method", "steps", "train s"] + [f"B={b}" for b in res["budgets"]], rows), ""]
 
 
+def _greedy(root: Path) -> dict:
+    """Per model of the greedy eval (runs/<run>/quantized-greedy): accuracy at the largest budget and its
+    (problem, budget) -> (thinking tokens, answer), to compare a quantized model's outputs with its source's."""
+    res = _load(root / "quantized-greedy" / "eval" / "results.json")
+    if res is None:
+        return {}
+    out = {m["name"]: {"accuracy": m["budgets"][-1]["accuracy"], "outputs": {}} for m in res["models"]}
+    for line in (root / "quantized-greedy" / "eval" / "samples.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["model"]]["outputs"][(r["problem_id"], r["budget"], r["sample"])] = (r["thinking_tokens"], r["answer"])
+    return out
+
+
+def _quantized_section(root: Path) -> list[str]:
+    """Quantized models against their fp32 source (`make demo-quantized`), when runs/<run>/quantized/ holds
+    their eval: accuracy change and generation speed, each measured in the same eval run; and, from the
+    greedy eval beside it, how many outputs are token for token the fp32 model's."""
+    res = _load(root / "quantized" / "eval" / "results.json")
+    if res is None:
+        return []
+    greedy = _greedy(root)
+    by_path = {str(Path(m["path"]).resolve()): m for m in res["models"] if "quantized_from" not in m}
+    rows = []
+    for m in res["models"]:
+        src = by_path.get(str(Path(m["quantized_from"]["source"]).resolve())) if "quantized_from" in m else m
+        if src is None:
+            continue
+        q = _load(Path(m["path"]).parent / "manifest.json") or {"counts": {}}
+        if m is src and (Path(m["path"]) / "model.safetensors").is_file():
+            q["counts"]["quantized_mb"] = round((Path(m["path"]) / "model.safetensors").stat().st_size / 1e6, 3)
+        acc, base = m["budgets"][-1]["accuracy"], src["budgets"][-1]["accuracy"]
+        tps = m["cost"]["tokens_per_s"]
+        g, gs = greedy.get(m["name"]), greedy.get(src["name"])
+        same = (sum(g["outputs"].get(k) == v for k, v in gs["outputs"].items()) / max(len(gs["outputs"]), 1)
+                if g and gs else None)
+        rows.append([m["name"], m.get("quantized_from", {}).get("format", "fp32"), m["backend"]["backend"],
+                     q["counts"].get("quantized_mb", "-"), f"{acc:.3f}", f"{acc - base:+.3f}" if m is not src else "-",
+                     f"{g['accuracy']:.3f}" if g else "-", f"{same:.3f}" if same is not None else "-",
+                     f"{tps:,.0f}", f"{tps / src['cost']['tokens_per_s']:.2f}", f"{m['cost']['latency_p50_s']:.3f}"])
+    b = res["budgets"][-1]
+    return ["## 8. Quantized models: accuracy change and speed",
+            (f"Each model quantized by `distill quantize` and evaluated by `distill eval` on the same "
+             f"{res['n_problems']} held-out problems as its fp32 source: sampled ({res['n']} samples, temperature "
+             f"{res['temperature']}; a difference within about two standard errors is sampling noise, the "
+             "quantized and fp32 models drawing different random numbers) and greedy (temperature 0: the share "
+             "of (problem, budget) outputs identical to the fp32 model's, thinking and answer). GGUF runs through "
+             "llama.cpp one sample at a time (single stream, 1 thread); fp32 and bitsandbytes run batched through "
+             "transformers, so tokens/s compares serving modes; `bench/local_inference.py` compares single "
+             "streams."), "",
+            *_table(["model", "format", "backend", "file MB", f"accuracy B={b}", "Δ vs fp32", f"greedy B={b}",
+                     "greedy = fp32", "tokens/s", "÷ fp32", "latency p50 s"], rows), ""]
+
+
 def checks(res: dict) -> list[tuple[str, bool, str]]:
     """The demo's targets, checked on what came out (nothing here feeds back into training)."""
     models = res["models"]
@@ -200,7 +253,7 @@ def run(cfg: ReportConfig) -> Path:
     results = checks(res)
     lines += ["## Summary", *_table(["target", "met", "measured"],
                                     [[t, "yes" if ok else "**no**", v] for t, ok, v in results]), ""]
-    lines += _data_sections(root) + _eval_sections(res) + _ablation_section(root)
+    lines += _data_sections(root) + _eval_sections(res) + _ablation_section(root) + _quantized_section(root)
     atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
     out = stage_dir(cfg.runs_dir, cfg.run, "report")
     finish(out, "report", cfg, {"results": root / "eval" / "results.json"},

@@ -44,9 +44,10 @@ from distill.openai_api import ApiError
 class ServeConfig:
     model: str = ""  # a model folder or Hub id (backend=openai: where the tokenizer comes from)
     name: str = ""  # the served name; default: the model folder's (its parent's when that is `model`)
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "llama_cpp"] = "transformers"  # a .gguf model: llama_cpp
     vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
     openai: dict = field(default_factory=dict)  # backend=openai: an upstream server
+    llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the address is printed)
     results: str = ""  # an eval results.json: calibrate reasoning_effort, save <model>/reasoning_effort.json
@@ -73,6 +74,8 @@ class ServeConfig:
         check_literals(self)
         if not self.model:
             raise ValueError("model is required (a model folder, e.g. runs/demo/sft/student-l/model)")
+        if self.model.endswith(".gguf"):  # `distill serve --model X.gguf`: only llama.cpp reads it
+            self.backend = "llama_cpp"
         for k in ("max_thinking", "max_prompt_tokens", "max_tokens", "max_in_flight", "max_batch"):
             check_positive(k, getattr(self, k))
         if not 0 <= self.port < 65536 or self.batch_window_ms < 0:
@@ -302,16 +305,18 @@ def load_server(cfg: ServeConfig) -> Server:
         key = os.environ.get(cfg.api_key_env, "")
         if not key:
             raise UserError(f"serve: environment variable {cfg.api_key_env} (api_key_env) is not set")
-    local = Path(cfg.model).is_dir()
+    # a .gguf file's calibration is the one in its folder (distill quantize copies it there)
+    folder = str(Path(cfg.model).parent) if cfg.model.endswith(".gguf") else cfg.model
+    local = Path(folder).is_dir()
     if cfg.results:
         if not local:
             raise UserError(f"serve: results= needs a local model folder to save {effort.FILE} in; "
                             f"{cfg.model} is not one")
-        path = effort.save(cfg.model, effort.calibrate(cfg.results, cfg.model, cfg.eval_name))
+        path = effort.save(folder, effort.calibrate(cfg.results, folder, cfg.eval_name))
         print(f"serve: calibrated reasoning_effort from {cfg.results} -> {path}")
-    efforts = effort.load(cfg.model) if local else None
+    efforts = effort.load(folder) if local else None
     G.set_threads(cfg.threads)
-    settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai}[cfg.backend]
+    settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[cfg.backend]
     backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=Fallbacks(),
                             runs_dir=cfg.runs_dir, run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation,
                             batch_size=cfg.max_batch)

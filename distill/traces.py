@@ -31,11 +31,12 @@ class TracesConfig:
     run: str = "demo"
     runs_dir: str = "runs"
     name: str = "teacher"
-    backend: Literal["transformers", "vllm", "openai", "solver"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "llama_cpp", "solver"] = "transformers"
     model: str = ""  # path or Hub id (openai: where the served model's tokenizer comes from)
     tokenizer: str = ""  # solver backend: counts tokens with this tokenizer (default runs/<run>/tokenizer)
     vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM (tensor_parallel_size, ...)
     openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, api, ...
+    llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama
     problems: str = ""  # default: runs/<run>/problems/train.jsonl
     limit: int = 0  # use only the first `limit` problems (0: all)
     n: int = 4
@@ -197,7 +198,7 @@ def run(cfg: TracesConfig) -> Path:
         backend, tok = None, AutoTokenizer.from_pretrained(cfg.tokenizer or
                                                            stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
     else:
-        settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai}[cfg.backend]
+        settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[cfg.backend]
         backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         tok = backend.tok

@@ -6,6 +6,7 @@ seeds) are written once, in distill/generate.py, and used by `traces` and `eval`
     transformers  in-process `generate` (CPU or GPU)         distill/backends/transformers.py
     vllm          in-process offline `vllm.LLM`              distill/backends/vllm.py
     openai        any OpenAI-compatible server over HTTP     distill/backends/openai.py
+    llama_cpp     a GGUF file through llama.cpp, one stream  distill/backends/llama_cpp.py
 
 A backend object has `tok` (the Hugging Face tokenizer the prompts are built with), `name`, `params`
 (parameter count, or None when unknown), `info` (what the manifest records), `generate(...)` and `close()`.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-KINDS = ("transformers", "vllm", "openai")
+KINDS = ("transformers", "vllm", "openai", "llama_cpp")
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Gen:
 def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: str = "",
          dtype: str = "auto", attn: str = "sdpa", batch_size: int = 64):
     """Open a backend on `model` (a path or Hub id; for `openai`, where the tokenizer comes from).
-    `settings` is the recipe's section for that backend (`vllm:` or `openai:`), passed through;
+    `settings` is the recipe's section for that backend (`vllm:`, `openai:`, `llama_cpp:`), passed through;
     `batch_size` is the transformers backend's."""
     if kind not in KINDS:
         raise ValueError(f"backend={kind!r} is not one of {', '.join(KINDS)}")

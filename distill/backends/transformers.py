@@ -13,6 +13,7 @@ prompts run one at a time (a sample's latency is then its own). `spec` counts pr
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 from distill.artifacts import UserError
@@ -23,7 +24,7 @@ class TransformersBackend:
     def __init__(self, model, tok, batch_size: int, draft=None, draft_path: str | None = None):
         self.model, self.tok, self.batch_size, self.draft = model, tok, batch_size, draft
         self.name = "transformers"
-        self.params = sum(p.numel() for p in model.parameters())
+        self.params = model.num_parameters()  # counts a 4-bit model's packed weights as the parameters they hold
         self.info = {"backend": "transformers", "device": str(model.device), "dtype": str(model.dtype),
                      "attn_implementation": model.config._attn_implementation}
         if draft is not None:
@@ -113,6 +114,8 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_local_dir(path)
+    # a bitsandbytes 8-bit model (distill quantize) warns of its fp16 cast on every forward pass
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if attn == "flash_attention_2" and not torch.cuda.is_available():
         if fallbacks is not None:
             fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
