@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,26 +50,53 @@ def write_jsonl(path: Path, rows) -> int:
     return len(lines)
 
 
+MAX_LINE_MB = float(os.environ.get("DISTILL_MAX_LINE_MB", "16"))  # a longer JSONL row is refused, not parsed
+
+
+def jsonl_lines(path: Path):
+    """(line number, text) of a JSONL file's non-blank lines. A line that is not UTF-8, or longer than
+    MAX_LINE_MB, is a UserError naming file and line (never a traceback, never a 50 MB string in memory twice)."""
+    limit = int(MAX_LINE_MB * 1e6)
+    with Path(path).open("rb") as f:
+        i = 0
+        while True:
+            raw = f.readline(limit + 1)
+            if not raw:
+                return
+            i += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                raise UserError(f"{path}:{i}: line longer than {MAX_LINE_MB:g} MB (DISTILL_MAX_LINE_MB)")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{i}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+            if line.strip():
+                yield i, line
+
+
+def jsonl_rows(path: Path):
+    """(line number, object) of a JSONL file; a line that is not a JSON object is a UserError naming it."""
+    for i, line in jsonl_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        yield i, row
+
+
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     """Rows of a JSONL file; a malformed line or a missing field is a UserError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     rows = []
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+    for i, row in jsonl_rows(path):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 
@@ -76,8 +105,9 @@ def sha256(path: Path) -> str:
     path, h = Path(path), hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for p in files:
-        if any(part.startswith("checkpoint") for part in p.parts):
-            continue  # training checkpoints are resume state, not part of the artifact's identity
+        if any(part.startswith("checkpoint") for part in p.parts) or (
+                path.is_dir() and (p.name == "manifest.json" or p.name.startswith("."))):
+            continue  # resume state, and a stage's record of when and how fast: not what the artifact is
         h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -134,6 +164,51 @@ def finish(out: Path, stage: str, cfg, inputs: dict[str, Path], counts: dict, st
         **extra,
     }
     atomic_write_json(out / "manifest.json", manifest)
+
+
+def check_identity(saved: Path, ident: dict, what: str, fresh: str) -> bool:
+    """Is the work recorded beside `saved` (an .identity.json) made with these settings and inputs? True if
+    so, False if there is no record; otherwise a UserError saying what differs and how to start afresh: work
+    made another way is never resumed or kept silently (the stage's config.yaml would lie about it)."""
+    if not saved.is_file():
+        return False
+    old = json.loads(saved.read_text())
+    differ = [k for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k)]
+    if not differ:
+        return True
+    diff = ", ".join(f"{k} changed" if k.endswith("sha256") else f"{k}: {old.get(k)!r} -> {ident.get(k)!r}"
+                     for k in differ)
+    raise UserError(f"{what} was made with other settings ({diff}); to start afresh, {fresh}")
+
+
+@contextlib.contextmanager
+def stage_lock(cfg, stage: str):
+    """One writer per stage of a run: a second process writing runs/<run>/<stage>[/<name>] stops at once with
+    one line naming the holder. An OS file lock (filelock, flock on Unix): the kernel releases it when its
+    process dies, even by kill -9, so a stale lock is simply taken. The lock file lives in the temp folder,
+    keyed by the stage folder's absolute path, so a run that fails on bad input leaves nothing under runs/."""
+    import filelock
+
+    name = getattr(cfg, "name", "")
+    where = stage_dir(cfg.runs_dir, cfg.run, stage, name if stage not in ("eval", "report") else "")
+    key = hashlib.sha256(str(where.resolve()).encode()).hexdigest()[:20]
+    folder = Path(tempfile.gettempdir()) / "distill-locks"
+    folder.mkdir(exist_ok=True)
+    lock, holder = filelock.FileLock(folder / f"{key}.lock"), folder / f"{key}.holder"
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        who = json.loads(holder.read_text()) if holder.is_file() else {}
+        raise UserError(f"{where} is being written by another process (pid {who.get('pid', '?')} on "
+                        f"{who.get('host', '?')} since {who.get('since', '?')}: {who.get('command', '?')}); wait "
+                        "for it to finish, or give this run another run=") from None
+    try:
+        atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(), "path": str(where),
+                                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)})
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 class Fallbacks:

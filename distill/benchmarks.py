@@ -23,7 +23,6 @@ relative to the current directory (the repository root, where commands are run).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from distill.artifacts import UserError
+from distill.artifacts import UserError, jsonl_rows
 
 FIELDS = ("problem", "answer", "id", "level", "subject")  # the keys a field mapping may have
 EXTRACTORS = ("none", "gsm8k", "boxed")
@@ -72,17 +71,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
         for i, row in enumerate(rows, 1):
             yield f"{path} row {i}", row
         return
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}:{i}", row
+    for i, row in jsonl_rows(path):
+        yield f"{path}:{i}", row
 
 
 def hub_label(hf_id: str, hf_config: str, split: str) -> str:
@@ -90,9 +80,9 @@ def hub_label(hf_id: str, hf_config: str, split: str) -> str:
 
 
 def hub_rows(hf_id: str, hf_config: str, split: str,
-             hint: str = "set `path` to a local copy instead") -> Iterator[tuple[str, dict]]:
+             hint: str = "set `path` to a local copy instead", revision: str = "") -> Iterator[tuple[str, dict]]:
     """(where, row) for a Hugging Face dataset split, loaded through `datasets` (cached or online)."""
-    label = "hf:" + hub_label(hf_id, hf_config, split)
+    label = "hf:" + hub_label(hf_id, hf_config, split) + (f"@{revision}" if revision else "")
     print(f"loading {label} through datasets.load_dataset (Hub or its cache)", flush=True)
     from datasets import load_dataset  # (imported first: importing it sets the Hub logger's level)
 
@@ -100,7 +90,7 @@ def hub_rows(hf_id: str, hf_config: str, split: str,
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings (a dozen lines offline): the error below says why
     try:
-        ds = load_dataset(hf_id, hf_config or None, split=split)
+        ds = load_dataset(hf_id, hf_config or None, split=split, **({"revision": revision} if revision else {}))
     except Exception as e:  # noqa: BLE001 -- offline, unknown id or split...: all the user's to fix
         msg = " ".join(str(e).split())[:200]
         raise UserError(f"{label}: could not load the dataset ({type(e).__name__}: {msg}); {hint}") from None
@@ -243,8 +233,9 @@ def load(cfg, split: str, skipped: list | None = None) -> list[dict]:
         mirror = cfg.mirror if split == "eval" else cfg.train_mirror
         hint = (f"no mirror found at {(data_root() / mirror).resolve()} (set {DATA_ENV} to the directory "
                 f"that holds {mirror})" if mirror else "set `path` to a local copy instead")
-        source = f"hf:{hub_label(cfg.hf_id, cfg.hf_config, loc)}"
-        rows = hub_rows(cfg.hf_id, cfg.hf_config, loc, hint)
+        rev = getattr(cfg, "hf_revision", "")
+        source = f"hf:{hub_label(cfg.hf_id, cfg.hf_config, loc)}" + (f"@{rev}" if rev else "")
+        rows = hub_rows(cfg.hf_id, cfg.hf_config, loc, hint, rev)
         fields = cfg.hub_fields or None
     else:  # loc is a local file
         source, rows = loc, read_rows(loc)

@@ -17,7 +17,7 @@ from typing import Literal
 
 from distill import effort
 from distill.artifacts import UserError
-from distill.config import check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
 
 DIM, RESET = "\033[2m", "\033[0m"
 HELP = "commands: /effort low|medium|high, /reset, /quit"
@@ -32,16 +32,16 @@ class ChatConfig:
     effort: Literal["", "low", "medium", "high"] = ""  # "": the server's default (medium where calibrated)
     show_thinking: bool = True
     history: bool = True  # send earlier turns; false: every question stands alone
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 0  # thinking + answer; 0: the server's default (a local model: 512)
-    max_thinking: int = 256  # a local model without calibration
+    temperature: NonNegFloat = 0.6
+    top_p: Prob = 0.95
+    max_tokens: NonNeg = 0  # thinking + answer; 0: the server's default (a local model: 512)
+    max_thinking: Pos = 256  # a local model without calibration
     answer_cue: str = "Final answer:"
     backend: Literal["transformers", "vllm", "llama_cpp"] = "transformers"  # a local model; .gguf: llama_cpp
     vllm: dict = field(default_factory=dict)
     llama_cpp: dict = field(default_factory=dict)
     seed: int = 0
-    threads: int = 0
+    threads: NonNeg = 0
     run: str = "chat"
     runs_dir: str = "runs"
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import importlib
 import logging
 import os
+import signal
 import sys
 
-from distill.artifacts import UserError
+from distill.artifacts import UserError, stage_lock
 
 # stage -> (module, config class). Each module has one public `run(cfg) -> Path`.
 STAGES = {
@@ -35,8 +38,13 @@ def _config_class(stage: str):
     return getattr(importlib.import_module(module), cls)
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # past a file-size limit (RLIMIT_FSIZE) a write fails with EFBIG instead of the kernel killing the process
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     argv = ["push=true" if a == "--push" else a for a in argv]  # `distill publish --push`
     if "--format" in argv[:-1]:  # `distill quantize --format gguf-q4_k_m`
         i = argv.index("--format")
@@ -67,13 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         all_fields = {f.name for s in STAGES for f in dataclasses.fields(_config_class(s))}
         cfg = build(_config_class(args.stage), args.stage, recipe, parse_overrides(args.overrides),
                     args.config or "defaults", set(STAGES), all_fields)
-        importlib.import_module(STAGES[args.stage][0]).run(cfg)
+        # one writer per stage of a run (serve and chat only read; their caches take their own locks). Under
+        # accelerate launch every rank runs this stage and rank 0 alone writes: it alone holds the lock.
+        writer = args.stage not in ("serve", "chat") and os.environ.get("RANK", "0") == "0"
+        lock = stage_lock(cfg, args.stage) if writer else contextlib.nullcontext()
+        with lock:
+            importlib.import_module(STAGES[args.stage][0]).run(cfg)
     except UserError as e:
         print(f"distill {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"distill {args.stage}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        # a full disk or a file-size limit: not the user's input, but one line too; outputs are staged and
+        # moved into place only whole, so the previous artifact is still there
+        print(f"distill {args.stage}: error: cannot write: {e.strerror} ({e.filename or 'a file'}); the previous "
+              "artifacts are unchanged", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,11 +11,24 @@ override, in that order. A key that no config knows is an error naming the file 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from distill.artifacts import UserError
+
+# Field types with bounds, checked by pydantic when a recipe becomes a stage's config (`build`): a config
+# dataclass annotates a field `n: Pos = 4`, and `n=0` or `n=2.5` is a one-line error naming the key.
+Pos = Annotated[int, Field(gt=0)]
+NonNeg = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Prob = Annotated[float, Field(gt=0, le=1)]  # top_p
+Share = Annotated[float, Field(ge=0, le=1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -44,7 +57,9 @@ def load_recipe(path: str | None) -> dict:
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -83,9 +98,42 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
                 raise UserError(f"{where}: unknown key {key!r} for stage {stage!r} (known: {known})")
             values[key] = value
     try:
-        return cls(**values)
+        return _adapter(cls).validate_python(values)
+    except ValidationError as e:
+        raise UserError(_one_line(e, source, stage, section, overrides)) from None
     except (ValueError, TypeError) as e:
-        raise UserError(f"{source} [{stage}]: {e}") from None
+        raise UserError(f"{_where(str(e).split()[0].split('=')[0], source, stage, section, overrides)}: {e}") from None
+
+
+@functools.cache
+def _adapter(cls) -> TypeAdapter:
+    """pydantic's validator for a config dataclass: types and bounds from its annotations, then its
+    __post_init__ (cross-field checks). Numbers given where text is expected (`run=2024`) become text."""
+    if "__pydantic_config__" not in cls.__dict__:
+        cls.__pydantic_config__ = ConfigDict(coerce_numbers_to_str=True)
+    return TypeAdapter(cls)
+
+
+def _where(key: str, source: str, stage: str, section: dict, overrides: dict) -> str:
+    if key in overrides or any(k.startswith(key + ".") for k in overrides):
+        return "command line"
+    return f"{source} [{stage}]"  # the stage's section, or a shared key the stage took
+
+
+def _one_line(e: ValidationError, source: str, stage: str, section: dict, overrides: dict) -> str:
+    """The first error as `<where>: <key>: <problem> (got <value>)`; where = the command line, the file's
+    stage section or the file's shared keys, whichever gave the key."""
+    err = e.errors()[0]
+    loc = err["loc"]
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # raised by __post_init__: its message starts with the key
+        return f"{_where(msg.split()[0].split('=')[0], source, stage, section, overrides)}: {msg}"
+    key = str(loc[0])
+    path = key + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    where = _where(key, source, stage, section, overrides)
+    got = repr(err["input"])
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{where}: {path}: {msg} (got {got})" if err["type"] != "missing" else f"{where}: {path}: {msg}"
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from distill import benchmarks
 from distill.artifacts import UserError, finish, stage_dir, staging, write_jsonl
-from distill.config import check_positive, load_recipe
+from distill.config import Pos, check_positive, load_recipe
 from distill.problems import ProblemsConfig
 
 N = 8  # the word n-gram length (filter's step uses this default)
@@ -37,7 +37,7 @@ class DecontaminateConfig:
     runs_dir: str = "runs"
     train: str = ""  # default: runs/<run>/problems/train.jsonl (rows with problem, or chat messages)
     against: list[str] = field(default_factory=list)  # eval sets: normalised eval.jsonl files or eval/*.yaml
-    n: int = N
+    n: Pos = N
 
     def __post_init__(self):
         check_positive("n", self.n)

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pydantic import ConfigDict
+from typing_extensions import NotRequired, TypedDict
+
 from distill import backends, metrics, verify
 from distill import generate as G
 from distill.artifacts import (
@@ -44,7 +47,18 @@ from distill.artifacts import (
     staging,
     write_jsonl,
 )
-from distill.config import check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
+
+
+class ModelSpec(TypedDict):
+    """One entry of `models:`; pydantic checks each (a missing or unknown key names its index)."""
+    __pydantic_config__ = ConfigDict(extra="forbid")  # noqa: RUF012 (pydantic reads it from the class)
+    name: str
+    role: Literal["teacher", "student"]
+    path: str
+    backend: NotRequired[Literal["transformers", "vllm", "openai", "llama_cpp"]]
+    draft: NotRequired[str]  # transformers: a smaller model with the same tokenizer (speculative decoding)
+    revision: NotRequired[str]  # a Hub model pinned to a tag, branch or commit
 
 
 @dataclass
@@ -52,34 +66,37 @@ class EvalConfig:
     run: str = "demo"
     runs_dir: str = "runs"
     problems: str = ""  # default: runs/<run>/problems/eval.jsonl (held out)
-    models: list[dict] = field(default_factory=list)  # [{name, role: teacher|student, path[, backend]}]
+    models: list[ModelSpec] = field(default_factory=list)  # [{name, role: teacher|student, path[, backend, draft]}]
     backend: Literal["transformers", "vllm", "openai", "llama_cpp"] = "transformers"  # a model's `backend` wins
     vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
     openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, ...
     llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama (n_ctx, ...)
-    budgets: list[int] = field(default_factory=lambda: [16, 64, 256])
-    n: int = 4
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 0  # 0: off
+    trust_remote_code: bool = False  # run code shipped with a checkpoint (logged, in the results)
+    allow_pickle: bool = False  # load weights that are not safetensors
+    budgets: list[Pos] = field(default_factory=lambda: [16, 64, 256])
+    n: Pos = 4
+    temperature: NonNegFloat = 0.6
+    top_p: Prob = 0.95
+    top_k: NonNeg = 0  # 0: off
     answer_cue: str = "Final answer:"
-    min_thinking: int = 0  # s1 extension: a thinking closed before this many tokens is told to `wait`
+    min_thinking: NonNeg = 0  # s1 extension: a thinking closed before this many tokens is told to `wait`
     wait: str = "Wait"
-    max_waits: int = 2  # extensions per sample at most
-    grade_processes: int = 2
-    max_answer_tokens: int = 32
-    batch_size: int = 64
-    price_per_hour: float = 0.10  # $ per hour of the machine the models are served on
-    limit: int = 0  # use only the first `limit` problems (0: all)
+    max_waits: NonNeg = 2  # extensions per sample at most
+    grade_processes: Pos = 2
+    max_answer_tokens: Pos = 32
+    batch_size: Pos = 64
+    price_per_hour: NonNegFloat = 0.10  # $ per hour of the machine the models are served on
+    limit: NonNeg = 0  # use only the first `limit` problems (0: all)
     seed: int = 0
-    threads: int = 0
+    threads: NonNeg = 0
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
 
     def __post_init__(self):
         check_literals(self)
         check_positive("budgets", self.budgets)
-        self.budgets = sorted(set(self.budgets))
+        if not self.budgets or self.budgets != sorted(set(self.budgets)):  # a typo, not an order to fix silently
+            raise ValueError(f"budgets must be increasing, without repeats, got {self.budgets}")
         check_positive("n", self.n)
         check_positive("batch_size", self.batch_size)
         if not 0 <= self.min_thinking <= self.budgets[-1]:
@@ -223,6 +240,9 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
     kind = spec.get("backend", cfg.backend)
     settings = {"transformers": {"draft": spec["draft"]} if spec.get("draft") else {}, "vllm": cfg.vllm,
                 "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[kind]
+    if kind in ("transformers", "vllm"):  # the loading policy (distill/backends/__init__.py)
+        settings = settings | {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle,
+                               "revision": spec.get("revision", "")}
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
@@ -299,6 +319,12 @@ def run(cfg: EvalConfig) -> Path:
     problems = problems[:cfg.limit] if cfg.limit else problems
     if not problems:
         raise UserError(f"{src}: no problems to evaluate")
+    seen: dict[str, int] = {}
+    for i, p in enumerate(problems, 1):  # samples are grouped by id: two problems sharing one would merge
+        if seen.setdefault(str(p["id"]), i) != i:
+            raise UserError(f"{src}: duplicate id {p['id']!r} (rows {seen[str(p['id'])]} and {i})")
+    for spec in cfg.models:
+        G.check_tokenizer(spec["path"])  # every model's tokenizer before any model's weights
     G.set_threads(cfg.threads)
     fallbacks, models, samples = Fallbacks(), [], []
     for spec in tqdm(cfg.models, desc="models", unit="model"):

@@ -21,8 +21,16 @@ from pathlib import Path
 from typing import Literal
 
 from distill import decontaminate, tasks, verify
-from distill.artifacts import UserError, atomic_write_json, finish, read_jsonl, stage_dir, staging, write_jsonl
-from distill.config import check_literals, check_positive
+from distill.artifacts import (
+    UserError,
+    atomic_write_json,
+    finish,
+    read_jsonl,
+    stage_dir,
+    staging,
+    write_jsonl,
+)
+from distill.config import Pos, PosFloat, check_literals, check_positive
 
 REASONS = ("truncated", "wrong", "overlong", "duplicate", "surplus")
 
@@ -34,13 +42,13 @@ class FilterConfig:
     name: str = "teacher"
     traces: str = ""  # default: runs/<run>/traces/<name>/traces.jsonl
     problems: str = ""  # default: runs/<run>/problems/train.jsonl
-    keep_per_problem: int = 2
-    max_thinking_tokens: int = 4096
+    keep_per_problem: Pos = 2
+    max_thinking_tokens: Pos = 4096
     select: Literal["random", "shortest"] = "random"
     seed: int = 0
     decontaminate_against: list[str] = field(default_factory=list)  # eval.jsonl files or eval/*.yaml recipes
-    grade_processes: int = 2  # math-verify worker processes (problems that are not built-in tasks)
-    grade_timeout: float = 5.0  # seconds per answer; an answer that takes longer is wrong
+    grade_processes: Pos = 2  # math-verify worker processes (problems that are not built-in tasks)
+    grade_timeout: PosFloat = 5.0  # seconds per answer; an answer that takes longer is wrong
 
     def __post_init__(self):
         check_literals(self)
@@ -105,6 +113,10 @@ def run(cfg: FilterConfig) -> Path:
     started = time.time()
     tr_path = Path(cfg.traces or stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name) / "traces.jsonl")
     pr_path = Path(cfg.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "train.jsonl")
+    if (tr_path.parent / ".identity.json").is_file() and not (tr_path.parent / "manifest.json").is_file():
+        # a log `traces` is still writing, or was killed in: filtering it would silently drop the rest
+        raise UserError(f"{tr_path}: unfinished (no manifest.json beside it): run the traces stage to the end "
+                        "first (it resumes where it stopped)")
     traces = read_jsonl(tr_path, required=("problem_id", "sample", "thinking", "answer", "finish_reason",
                                            "thinking_tokens"))
     problems = {p["id"]: p for p in read_jsonl(pr_path, required=("id", "problem", "answer"))}

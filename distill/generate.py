@@ -36,6 +36,18 @@ def stop_tokens(tok) -> tuple[int, int]:
     return close, tok.eos_token_id
 
 
+def check_tokenizer(model: str) -> None:
+    """Refuse a local model whose tokenizer has no `</think>` before its weights are loaded (a folder, or a
+    .gguf file with the tokenizer beside it). A Hub id is checked once it is loaded."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    folder = Path(model).parent if model.endswith(".gguf") else Path(model)
+    if (folder / "tokenizer_config.json").is_file():
+        stop_tokens(AutoTokenizer.from_pretrained(folder))
+
+
 def think_and_answer(backend, prompts: list[list[int]], *, max_thinking: int, max_answer: int,
                      temperature: float, top_p: float, seed: int, desc: str,
                      min_thinking: int = 0, wait: str = "Wait", max_waits: int = 0, top_k: int = 0):

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from distill import verify
-from distill.artifacts import UserError, write_jsonl
+from distill.artifacts import UserError, jsonl_lines, write_jsonl
 
 BENCHMARKS = {"gsm8k": "integer", "aime24": "integer", "aime25": "integer", "amc23": "integer",
               "math": "math", "math500": "math"}
@@ -77,22 +77,25 @@ def _check(line: str, response_field: str, gold_field: str, answer_type: str, be
 
 
 def _read(path: Path, args, answer_type: str) -> tuple[list[dict], list[tuple[int, tuple]], int]:
-    """Output rows (bad ones already marked), the jobs to grade as (row index, job), and the bad count."""
-    rows, jobs, bad = [], [], 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row, job, error = _check(line, args.response_field, args.gold_field, answer_type, args.benchmark)
-            if error:
-                bad += 1
-                print(f"{path}:{lineno}: {error}", file=sys.stderr)
-                row = row if row is not None else {"line": lineno, "raw": line.rstrip("\n")}
-                rows.append({**row, "correct": False, "extracted": None, "error": error})
-            else:
-                jobs.append((len(rows), job))
-                rows.append(row)
-    return rows, jobs, bad
+    """Output rows (bad ones already marked), the jobs to grade as (row index, job), and the bad count.
+    A file in which no row can be graded (not JSONL at all, a binary file) is one error, not one per line."""
+    rows, jobs, errors = [], [], []
+    for lineno, line in jsonl_lines(path):
+        row, job, error = _check(line, args.response_field, args.gold_field, answer_type, args.benchmark)
+        if error:
+            errors.append(f"{path}:{lineno}: {error}")
+            row = row if row is not None else {"line": lineno, "raw": line.rstrip("\n")}
+            rows.append({**row, "correct": False, "extracted": None, "error": error})
+        else:
+            jobs.append((len(rows), job))
+            rows.append(row)
+    if not jobs:
+        first = f" (first: {errors[0]})" if errors else ""
+        raise UserError(f"{path}: no row to grade: {len(errors)} line(s), none a JSON object with "
+                        f"{args.response_field} and {args.gold_field}{first}")
+    for e in errors:
+        print(e, file=sys.stderr)
+    return rows, jobs, len(errors)
 
 
 def run(args) -> tuple[int, int]:

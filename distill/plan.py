@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill.artifacts import UserError, atomic_write_json, finish, stage_dir
-from distill.config import check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive
 
 GB = 1e9
 ENGINES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
@@ -39,12 +39,12 @@ class PlanConfig:
     arch: str = ""  # the student's config.json (or a model directory holding one)
     training: dict = field(default_factory=dict)  # the recipe's sft section (`training: *sft` in YAML)
     engine: Literal["ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload"] = "ddp"
-    gpus: int = 1
-    gpu_memory: float = 80.0  # GB per GPU
-    global_batch: int = 0  # rows per optimizer step to keep (0: batch_size x grad_accum x gpus)
+    gpus: Pos = 1
+    gpu_memory: PosFloat = 80.0  # GB per GPU
+    global_batch: NonNeg = 0  # rows per optimizer step to keep (0: batch_size x grad_accum x gpus)
     # Overrides of the training section (0 / "" / None: take the recipe's).
-    max_length: int = 0
-    batch_size: int = 0  # micro-batch per GPU
+    max_length: NonNeg = 0
+    batch_size: NonNeg = 0  # micro-batch per GPU
     optim: str = ""
     gradient_checkpointing: bool | None = None
     attn_implementation: str = ""
@@ -52,7 +52,7 @@ class PlanConfig:
     # mixed: bf16 compute, fp32 master weights and optimizer states (DeepSpeed, FSDP, the ZeRO paper);
     # bf16: everything in bf16 (one GPU / DDP with a bf16-loaded model and torch AdamW); fp32: the CPU demo.
     precision: Literal["auto", "mixed", "bf16", "fp32"] = "auto"
-    reserve: float = 2.0  # GB per GPU for the CUDA context, NCCL buffers and allocator fragmentation
+    reserve: NonNegFloat = 2.0  # GB per GPU for the CUDA context, NCCL buffers and allocator fragmentation
 
     def __post_init__(self):
         check_literals(self)

@@ -52,7 +52,7 @@ def accuracy_vs_cost(models: list[dict], path: Path) -> None:
             ax.plot(*zip(*pts), label=_label(m), **_style(m))
             drawn += 1
     price = models[0]["cost"]["price_per_hour"] if models else 0
-    ax.set(xscale="log", xlabel=f"cost per correct answer ($, machine at ${price}/h)",
+    ax.set(xscale="log", xlabel=f"cost per correct answer (\\$, machine at \\${price}/h)",
            ylabel="accuracy (held-out)", ylim=(0, 1.02), title="Accuracy vs serving cost (one point per budget)")
     ax.grid(alpha=0.3)
     if drawn:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from distill import benchmarks, tasks
 from distill.artifacts import UserError, finish, read_jsonl, stage_dir, staging, write_jsonl
-from distill.config import check_literals, check_positive
+from distill.config import Pos, Share, check_literals, check_positive
 
 
 @dataclass
@@ -28,9 +28,9 @@ class ProblemsConfig:
     source: Literal["builtin", "jsonl", "benchmark"] = "builtin"
     tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
     levels: dict = field(default_factory=lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]})  # per task
-    train_per_task: int | dict = 500  # or {task: count}; each task has ~600-800 distinct training problems
-    eval_per_task: int = 100
-    eval_fraction: float = 0.2  # share of the problem space reserved for eval (by a hash of the text)
+    train_per_task: Pos | dict[str, Pos] = 500  # or {task: count}; each task has ~600-800 distinct training problems
+    eval_per_task: Pos = 100
+    eval_fraction: Share = 0.2  # share of the problem space reserved for eval (by a hash of the text)
     seed: int = 0
     train_path: str = ""  # source=jsonl: files with id, problem, answer per row; benchmark: optional train file
     eval_path: str = ""
@@ -41,6 +41,7 @@ class ProblemsConfig:
     train_mirror: str = ""  # the same for the train split
     hf_id: str = ""  # Hugging Face dataset id, read through datasets.load_dataset when no local file is used
     hf_config: str = ""
+    hf_revision: str = ""  # pin hf_id to a tag, branch or commit ("": the Hub's main)
     split: str = "test"  # hf_id's eval split
     train_split: str = ""  # hf_id's train split, if any ("": the benchmark is eval-only)
     fields: dict = field(default_factory=dict)  # {problem, answer, id, level, subject} -> input field name

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill.artifacts import Fallbacks, UserError, atomic_write_json, finish, stage_dir, staging
+from distill.config import Pos
 
 log = logging.getLogger("distill")
 FORMATS = ("gguf-q8_0", "gguf-q4_k_m", "bnb-8bit", "bnb-4bit")
@@ -54,7 +55,7 @@ class QuantizeConfig:
     format: Literal["gguf-q8_0", "gguf-q4_k_m", "bnb-8bit", "bnb-4bit"] = "gguf-q4_k_m"
     pre_tokenizer: str = "gpt-2"  # told to llama.cpp's converter when it does not recognise the tokenizer
     outtype: Literal["f32", "f16", "bf16"] = "f16"  # the converter's GGUF, which llama.cpp then quantizes
-    threads: int = 2  # llama_model_quantize's threads
+    threads: Pos = 2  # llama_model_quantize's threads
     converter: str = ""  # convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else <venv>/share/llama.cpp)
 
     def __post_init__(self):

@@ -36,7 +36,7 @@ from distill import backends, effort
 from distill import generate as G
 from distill import openai_api as api
 from distill.artifacts import Fallbacks, UserError, log
-from distill.config import check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Port, Pos, Prob, check_literals, check_positive
 from distill.openai_api import ApiError
 
 
@@ -49,22 +49,22 @@ class ServeConfig:
     openai: dict = field(default_factory=dict)  # backend=openai: an upstream server
     llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama
     host: str = "127.0.0.1"
-    port: int = 8000  # 0: any free port (the address is printed)
+    port: Port = 8000  # 0: any free port (the address is printed)
     results: str = ""  # an eval results.json: calibrate reasoning_effort, save <model>/reasoning_effort.json
     eval_name: str = ""  # the model's `name` in results.json (default: the entry whose path is `model`)
     default_effort: Literal["low", "medium", "high"] = "medium"  # a request naming none (OpenAI's default)
-    max_thinking: int = 256  # thinking budget when the model has no calibration
+    max_thinking: Pos = 256  # thinking budget when the model has no calibration
     answer_cue: str = "Final answer:"  # budget forcing's cue, as in eval
     api_key_env: str = ""  # environment variable holding the API key ("": no key)
-    max_prompt_tokens: int = 512
-    max_tokens: int = 512  # the most a request may ask for (thinking + answer); also its default
-    max_in_flight: int = 64  # requests queued or running; more get 429
-    max_batch: int = 64
-    batch_window_ms: float = 5.0
-    temperature: float = 0.6  # defaults for requests that give none
-    top_p: float = 0.95
+    max_prompt_tokens: Pos = 512
+    max_tokens: Pos = 512  # the most a request may ask for (thinking + answer); also its default
+    max_in_flight: Pos = 64  # requests queued or running; more get 429
+    max_batch: Pos = 64
+    batch_window_ms: NonNegFloat = 5.0
+    temperature: NonNegFloat = 0.6  # defaults for requests that give none
+    top_p: Prob = 0.95
     seed: int = 0
-    threads: int = 0
+    threads: NonNeg = 0
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     run: str = "serve"  # backend=vllm/openai keep their caches under runs_dir/run

@@ -24,8 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill.artifacts import Fallbacks, UserError, atomic_write_text, finish, stage_dir, staging
-from distill.config import check_literals, check_positive
+from distill import backends
+from distill.artifacts import (
+    Fallbacks,
+    UserError,
+    atomic_write_json,
+    atomic_write_text,
+    check_identity,
+    finish,
+    sha256,
+    stage_dir,
+    staging,
+)
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive
 
 log = logging.getLogger("distill")
 
@@ -37,25 +48,28 @@ class SftConfig:
     name: str = "student"
     model: str = ""  # path or Hub id of the model to train
     data: str = ""  # train.jsonl with `messages` (default runs/<run>/filter/teacher/train.jsonl)
-    epochs: float = 1.0
-    lr: float = 1e-4
-    warmup: float = 0.05  # <1: share of the steps; >=1: steps
+    epochs: PosFloat = 1.0
+    lr: PosFloat = 1e-4
+    warmup: NonNegFloat = 0.05  # <1: share of the steps; >=1: steps
     scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_length: int = 2048
+    weight_decay: NonNegFloat = 0.0
+    batch_size: Pos = 16
+    grad_accum: Pos = 1
+    max_length: Pos = 2048
     optim: str = "adamw_bnb_8bit"  # falls back to adamw_torch where bitsandbytes can't run
     attn_implementation: str = "flash_attention_2"  # falls back to sdpa without CUDA
     gradient_checkpointing: bool = False
-    threads: int = 0  # torch threads (0: torch's default)
-    logging_steps: int = 10
-    save_steps: int = 200
+    threads: NonNeg = 0  # torch threads (0: torch's default)
+    logging_steps: Pos = 10
+    save_steps: Pos = 200
     seed: int = 0
     method: Literal["sft", "gkd"] = "sft"  # gkd: logit distillation from `teacher` (TRL's GKDTrainer)
     teacher: str = ""  # gkd: path or Hub id of the teacher; it must share the student's tokenizer
     plan: dict = field(default_factory=dict)  # the recipe's `plan:` section (cli.py puts it here)
     force: bool = False  # train even when the plan says the run does not fit
+    revision: str = ""  # a Hub model pinned to a tag, branch or commit
+    trust_remote_code: bool = False  # run code shipped with the checkpoint (logged, in the manifest)
+    allow_pickle: bool = False  # load weights that are not safetensors
     trl: dict = field(default_factory=dict)  # any other trl.SFTConfig (gkd: GKDConfig) field, passed through
 
     def __post_init__(self):
@@ -86,7 +100,7 @@ def _pick_optim(optim: str, fallbacks: Fallbacks) -> str:
         return "adamw_torch"
 
 
-def _load_model(path: str, attn: str, fallbacks: Fallbacks):
+def _load_model(path: str, attn: str, fallbacks: Fallbacks, settings: dict):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,11 +110,14 @@ def _load_model(path: str, attn: str, fallbacks: Fallbacks):
     p = Path(path)
     if (path.startswith((".", "/", "runs/")) or p.exists()) and not p.is_dir():
         raise UserError(f"sft: model not found: {path}")
+    kw = backends.policy(settings)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", attn_implementation=attn)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kw["trust_remote_code"],
+                                            **({"revision": kw["revision"]} if "revision" in kw else {}))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", attn_implementation=attn, **kw)
     except OSError as e:
         raise UserError(f"sft: cannot load model {path}: {str(e).splitlines()[0]}") from None
+    model.distill_loading = backends.loaded(model, kw)  # for the manifest
     return model, tok
 
 
@@ -210,6 +227,24 @@ def _plot_loss(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# settings that do not change the trained weights (where and how often to log or save, the machine's threads)
+NOT_SHAPING = ("run", "runs_dir", "name", "threads", "logging_steps", "save_steps", "force", "plan")
+
+
+def _policy(cfg: SftConfig) -> dict:
+    return {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle, "revision": cfg.revision}
+
+
+def _identity(cfg: SftConfig, data: Path) -> dict:
+    ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SHAPING}
+    ident["processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # DDP's gradients sum in another order
+    ident["data_sha256"] = sha256(data)
+    for key in ("model", "teacher"):
+        if getattr(cfg, key) and Path(getattr(cfg, key)).is_dir():
+            ident[f"{key}_sha256"] = sha256(Path(getattr(cfg, key)))
+    return ident
+
+
 def run(cfg: SftConfig) -> Path:
     import torch
 
@@ -225,11 +260,25 @@ def run(cfg: SftConfig) -> Path:
         # environment and autocast on CPU, slower than fp32 here and unlike a plain `distill sft`
         fallbacks.add(f"{os.environ['ACCELERATE_MIXED_PRECISION']} mixed precision", "fp32", "no CUDA device")
         os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
+    for key in ("model", "teacher"):  # a path that is not a model folder: refused before anything loads
+        path = getattr(cfg, key)
+        if path and (path.startswith((".", "/", "runs/")) or Path(path).exists()) and not Path(path).is_dir():
+            raise UserError(f"sft: {key} not found: {path}")
     data_path = Path(cfg.data or stage_dir(cfg.runs_dir, cfg.run, "filter", "teacher") / "train.jsonl")
     dataset = _dataset(data_path)
-    model, tok = _load_model(cfg.model, cfg.attn_implementation, fallbacks)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
     ckpt_dir = out / "checkpoints"
+    ident = _identity(cfg, data_path)
+    # checkpoints and a trained model are kept only for the settings and inputs that made them
+    if check_identity(out / ".identity.json", ident, f"sft: {out}", f"delete {out} or give another name="):
+        if (out / "manifest.json").is_file() and list((out / "model").glob("*.safetensors")):
+            print(f"sft: up to date: {out / 'model'} was trained with these settings and inputs; nothing to do "
+                  f"(to train again, delete {out} or give another name=)")
+            return out
+    elif ckpt_dir.is_dir() and _last_checkpoint(ckpt_dir):
+        raise UserError(f"sft: {ckpt_dir} holds checkpoints of an unknown run (no {out / '.identity.json'}); "
+                        f"to start afresh, delete {out} or give another name=")
+    model, tok = _load_model(cfg.model, cfg.attn_implementation, fallbacks, _policy(cfg))
     settings = dict(
         output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, warmup_steps=cfg.warmup,
         lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
@@ -261,6 +310,9 @@ def run(cfg: SftConfig) -> Path:
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok, **extra)
     main = trainer.is_world_process_zero()
     last = _last_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if main and not last:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / ".identity.json", ident)  # what the checkpoints to come are made with
     if last and main:
         print(f"sft: resuming from {last}")
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -280,7 +332,7 @@ def run(cfg: SftConfig) -> Path:
         models = {"model": cfg.model, "teacher": cfg.teacher}
         inputs = {"data": data_path} | {k: Path(v) for k, v in models.items() if v and Path(v).is_dir()}
         finish(out, "sft", cfg, inputs, counts, started, fallbacks=fallbacks.items, optimizer=args.optim,
-               method=cfg.method, timings={"train_s": round(train_s, 3),
+               method=cfg.method, loading=model.distill_loading, timings={"train_s": round(train_s, 3),
                                            "tokens_per_s": round(tokens / max(train_s, 1e-9), 1)})
         print(f"sft: {cfg.name}: {trainer.state.global_step} steps ({cfg.method}, {args.world_size} "
               f"process(es)), loss {counts['first_loss']} -> {counts['final_loss']}, "
@@ -309,7 +361,8 @@ def _trainer(method: str, settings: dict):
 def _teacher(cfg: SftConfig, tok, fallbacks: Fallbacks):
     """The GKD teacher, held to the student's tokenizer: the divergence compares the two next-token
     distributions id by id, so an id must mean the same text in both (TRL's `gold` is for differing ones)."""
-    teacher, teacher_tok = _load_model(cfg.teacher, cfg.attn_implementation, fallbacks)
+    teacher, teacher_tok = _load_model(cfg.teacher, cfg.attn_implementation, fallbacks,
+                                       _policy(cfg) | {"revision": ""})
     if teacher_tok.get_vocab() != tok.get_vocab():
         raise UserError(f"sft: teacher {cfg.teacher} and student {cfg.model} have different tokenizers; "
                         "gkd needs the same one")

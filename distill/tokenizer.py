@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distill import tasks
 from distill.artifacts import UserError, finish, read_jsonl, stage_dir, staging
+from distill.config import Pos
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -44,7 +45,7 @@ class TokenizerConfig:
     run: str = "demo"
     runs_dir: str = "runs"
     problems: str = ""  # default: runs/<run>/problems/train.jsonl
-    vocab_size: int = 384
+    vocab_size: Pos = 384
 
     def __post_init__(self):
         if self.vocab_size < 256 + len(SPECIAL):

@@ -22,8 +22,8 @@ from typing import Literal
 
 from distill import backends, tasks
 from distill import generate as G
-from distill.artifacts import Fallbacks, UserError, finish, read_jsonl, stage_dir, write_jsonl
-from distill.config import check_literals, check_positive
+from distill.artifacts import Fallbacks, UserError, check_identity, finish, read_jsonl, stage_dir, write_jsonl
+from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
 
 
 @dataclass
@@ -37,18 +37,21 @@ class TracesConfig:
     vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM (tensor_parallel_size, ...)
     openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, api, ...
     llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama
+    revision: str = ""  # a Hub model pinned to a tag, branch or commit
+    trust_remote_code: bool = False  # run code shipped with the checkpoint (logged, in the manifest)
+    allow_pickle: bool = False  # load weights that are not safetensors
     problems: str = ""  # default: runs/<run>/problems/train.jsonl
-    limit: int = 0  # use only the first `limit` problems (0: all)
-    n: int = 4
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0  # 0: off (QwQ's card recommends 20-40)
-    max_new_tokens: int = 512  # thinking tokens; a trace that has not closed </think> by then is truncated
-    max_answer_tokens: int = 32
-    batch_size: int = 64
-    chunk: int = 256  # samples written (and fsynced) together
+    limit: NonNeg = 0  # use only the first `limit` problems (0: all)
+    n: Pos = 4
+    temperature: NonNegFloat = 0.8
+    top_p: Prob = 0.95
+    top_k: NonNeg = 0  # 0: off (QwQ's card recommends 20-40)
+    max_new_tokens: Pos = 512  # thinking tokens; a trace that has not closed </think> by then is truncated
+    max_answer_tokens: Pos = 32
+    batch_size: Pos = 64
+    chunk: Pos = 256  # samples written (and fsynced) together
     seed: int = 0
-    threads: int = 0  # torch threads (0: torch's default)
+    threads: NonNeg = 0  # torch threads (0: torch's default)
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
 
@@ -76,7 +79,7 @@ def _resume(path: Path) -> set[tuple[str, int]]:
 
 
 # what a sample depends on: a log made with other values of these is not resumed (n and limit may grow)
-SHAPING = ("backend", "model", "temperature", "top_p", "top_k", "max_new_tokens", "max_answer_tokens", "seed",
+SHAPING = ("backend", "model", "revision", "temperature", "top_p", "top_k", "max_new_tokens", "max_answer_tokens", "seed",
            "openai")
 
 
@@ -92,18 +95,10 @@ def _identity(cfg, src: Path) -> dict:
 
 
 def _check_resume(path: Path, ident: dict) -> None:
-    """A log is resumed only by the settings that made it: samples made another way would be kept silently
-    and the stage's config.yaml would lie about them."""
-    saved = path.parent / ".identity.json"
-    if not path.exists() or not saved.exists():
-        return
-    old = json.loads(saved.read_text())
-    differ = [k for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k)]
-    if differ:
-        what = ", ".join(f"{k}: {old.get(k)!r} -> {ident.get(k)!r}" if not k.endswith("sha256") else
-                         f"{k} changed" for k in differ)
-        raise UserError(f"traces: {path} was made with other settings ({what}); to start afresh, delete "
-                        f"{path.parent} or give another name=")
+    """A log is resumed only by the settings that made it."""
+    if path.exists():
+        check_identity(path.parent / ".identity.json", ident, f"traces: {path}",
+                       f"delete {path.parent} or give another name=")
 
 
 def _append(path: Path, rows: list[dict], ident: dict | None = None) -> None:
@@ -186,6 +181,12 @@ def run(cfg: TracesConfig) -> Path:
     log_path = out / "traces.jsonl"
     ident = _identity(cfg, src)
     _check_resume(log_path, ident)  # before any model is loaded
+    if (out / "manifest.json").is_file() and log_path.exists():
+        done = _resume(log_path)
+        if all((p["id"], k) in done for p in problems for k in range(cfg.n)):
+            print(f"traces: up to date: {len(done)} samples made with these settings in {log_path}; nothing to "
+                  f"do (to make them again, delete {out} or give another name=)")
+            return out
     fallbacks = Fallbacks()
     chat = cfg.backend == "openai" and cfg.openai.get("api") == "chat"
     G.set_threads(cfg.threads)
@@ -195,10 +196,17 @@ def run(cfg: TracesConfig) -> Path:
         unknown = [p["id"] for p in problems if p.get("task") not in tasks.FAMILIES]
         if unknown:
             raise UserError(f"{src}: the solver backend only knows built-in tasks; e.g. {unknown[0]!r} is not")
-        backend, tok = None, AutoTokenizer.from_pretrained(cfg.tokenizer or
-                                                           stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
+        tok_dir = Path(cfg.tokenizer or stage_dir(cfg.runs_dir, cfg.run, "tokenizer"))
+        if not (tok_dir / "tokenizer_config.json").is_file():
+            raise UserError(f"tokenizer not found at {tok_dir} (run `distill tokenizer` first, or give tokenizer=)")
+        backend, tok = None, AutoTokenizer.from_pretrained(tok_dir)
     else:
+        if not chat:
+            G.check_tokenizer(cfg.model)  # before the weights load
         settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[cfg.backend]
+        if cfg.backend in ("transformers", "vllm"):  # the loading policy (distill/backends/__init__.py)
+            settings = settings | {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle,
+                                   "revision": cfg.revision}
         backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         tok = backend.tok
@@ -208,6 +216,8 @@ def run(cfg: TracesConfig) -> Path:
     done = _resume(log_path)
     todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
     print(f"traces: {len(done)} samples already done, {len(todo)} to generate -> {log_path}")
+    if todo:  # the log is about to grow: until it is finished again, no manifest says it is
+        (out / "manifest.json").unlink(missing_ok=True)
     gen_started = time.time()
     with tqdm(total=len(todo), desc="traces", unit="sample") as bar:
         for c in range(0, len(todo), cfg.chunk):

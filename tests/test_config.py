@@ -45,11 +45,13 @@ def test_staging_leaves_nothing_half_written(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["problems", "--config", "eval/demo.yaml", "bogus=1"], "unknown key 'bogus'"),
     (["problems", "--config", "nope.yaml"], "nope.yaml: config file not found"),
-    (["problems", "--config", "eval/demo.yaml", "eval_per_task=0"], "eval_per_task must be > 0"),
-    (["eval", "--config", "eval/demo.yaml", "budgets=[0, 8]"], "budgets must be > 0"),
+    (["problems", "--config", "eval/demo.yaml", "eval_per_task=0"],
+     "command line: eval_per_task: Input should be greater than 0 (got 0)"),
+    (["eval", "--config", "eval/demo.yaml", "budgets=[0, 8]"], "command line: budgets[0]: Input should be greater than 0"),
     (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: student, path: runs/none/model}]"],
      "model 'x' not found at runs/none/model"),
-    (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: boss, path: p}]"], "role (teacher|student)"),
+    (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: boss, path: p}]"],
+     "command line: models[0].role: Input should be 'teacher' or 'student' (got 'boss')"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, expected):
     proc = distill(*args, check=False)

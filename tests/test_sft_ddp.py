@@ -106,9 +106,10 @@ def test_two_processes_match_one_and_only_rank_0_writes(recipe, built, two):
     assert stdout.count("sft: ddp2:") == 1
     logged = [json.loads(x).get("step") for x in (out / "log.jsonl").read_text().splitlines()]
     assert logged == [json.loads(x).get("step") for x in (one / "log.jsonl").read_text().splitlines()]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "log.jsonl", "loss.png",
-                                                     "manifest.json", "model"]
-    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith((".tmp", ".partial"))]
+    assert sorted(p.name for p in out.iterdir()) == [".identity.json", "checkpoints", "config.yaml", "log.jsonl",
+                                                     "loss.png", "manifest.json", "model"]
+    assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".partial"))
+                or p.name.startswith(".") and p.name != ".identity.json"]
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert w1.keys() == w2.keys() and all(torch.allclose(w1[k], w2[k], rtol=1e-3, atol=1e-5) for k in w1)

@@ -1,11 +1,14 @@
 import json
+import shutil
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill import eval as ev
 from distill import filter as filt
 from distill import sft, traces
+from distill.artifacts import UserError
 
 
 def _data(built):
@@ -27,10 +30,19 @@ def test_sft_trains_assistant_tokens_and_resumes(built):
     assert {f["wanted"] for f in m["fallbacks"]} >= {"flash_attention_2"}  # no CUDA here: logged fallback
     assert (out / "loss.png").stat().st_size > 0 and (out / "log.jsonl").exists()
     assert AutoTokenizer.from_pretrained(out / "model").chat_template
-    # resume: a longer run picks up the last checkpoint (step 10) instead of starting over
-    out2 = sft.run(sft.SftConfig(**{**cfg, "epochs": 3}))
-    m2 = json.loads((out2 / "manifest.json").read_text())
-    assert m2["counts"]["resumed"] and m2["counts"]["steps"] == 15
+    weights = (out / "model" / "model.safetensors").read_bytes()
+    # the same settings again: up to date, nothing trained or rewritten
+    before_text = (out / "manifest.json").read_text()
+    assert sft.run(sft.SftConfig(**cfg)) == out and (out / "manifest.json").read_text() == before_text
+    # other settings (a longer run changes the learning-rate schedule of the steps already taken): refused
+    with pytest.raises(UserError, match=r"made with other settings \(epochs: 2 -> 3\)"):
+        sft.run(sft.SftConfig(**{**cfg, "epochs": 3}))
+    # an interrupted run (checkpoints, no final model): the same settings resume from the last checkpoint
+    shutil.rmtree(out / "model")
+    (out / "manifest.json").unlink()
+    m2 = json.loads((sft.run(sft.SftConfig(**cfg)) / "manifest.json").read_text())
+    assert m2["counts"]["resumed"] and m2["counts"]["steps"] == 10
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
 
 
 def test_assistant_only_mask_covers_the_reasoning_and_answer_only(built):

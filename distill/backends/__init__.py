@@ -40,6 +40,32 @@ def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "r
                        dtype=dtype, attn=attn, batch_size=batch_size)
 
 
+# Loading policy, the same for every model a recipe names: no code from a checkpoint runs unless the recipe
+# says `trust_remote_code: true`; weights come only from safetensors unless `allow_pickle: true` (a pickle can
+# run code when unpickled); a Hub model is pinned with `revision:` (a tag, branch or commit). The manifest
+# records the policy and the commit resolved.
+POLICY_KEYS = ("trust_remote_code", "allow_pickle", "revision")
+
+
+def policy(settings: dict) -> dict:
+    """from_pretrained keyword arguments for a recipe's loading settings (see POLICY_KEYS)."""
+    import logging
+
+    out = {"trust_remote_code": bool(settings.get("trust_remote_code", False)),
+           "use_safetensors": not settings.get("allow_pickle", False)}
+    if settings.get("revision"):
+        out["revision"] = str(settings["revision"])
+    if out["trust_remote_code"]:
+        logging.getLogger("distill").warning("trust_remote_code is on: the checkpoint's own Python code runs here")
+    return out
+
+
+def loaded(model, kw: dict) -> dict:
+    """What the manifest records about how a model was loaded: the policy and the Hub commit it resolved to."""
+    return {"trust_remote_code": kw["trust_remote_code"], "safetensors_only": kw["use_safetensors"],
+            "revision": kw.get("revision"), "commit": getattr(model.config, "_commit_hash", None)}
+
+
 def check_local_dir(path: str, what: str = "model") -> None:
     """A model given as a local path (absolute, ./…, runs/…, or an existing file) must be a folder; anything
     else is a Hub id and is left to from_pretrained."""

@@ -17,7 +17,7 @@ import logging
 import time
 
 from distill.artifacts import UserError
-from distill.backends import Gen, check_local_dir
+from distill.backends import Gen, check_local_dir, loaded, policy
 
 
 class TransformersBackend:
@@ -120,31 +120,44 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
         if fallbacks is not None:
             fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
         attn = "sdpa"
+    kw = policy(settings)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kw["trust_remote_code"],
+                                            **({"revision": kw["revision"]} if "revision" in kw else {}))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kw)
     except OSError as e:
-        raise UserError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load model {path}: {_load_error(e)}") from None
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
     prepare_tokenizer(tok)
     draft = None
     if settings.get("draft"):
-        draft = _load_draft(settings["draft"], tok, dtype=dtype, attn=attn, device=model.device)
-    return TransformersBackend(model, tok, batch_size, draft, settings.get("draft"))
+        draft = _load_draft(settings["draft"], tok, dtype=dtype, attn=attn, device=model.device, kw=kw)
+    backend = TransformersBackend(model, tok, batch_size, draft, settings.get("draft"))
+    backend.info["loading"] = loaded(model, kw)
+    return backend
 
 
-def _load_draft(path: str, tok, *, dtype: str, attn: str, device):
+def _load_error(e: OSError) -> str:
+    """One line for a model from_pretrained refused; pickle-only weights say how to allow them."""
+    first = str(e).splitlines()[0]
+    if "safetensors" in first.lower() or "does not appear to have a file named model.safetensors" in str(e):
+        return f"{first} (weights are loaded from safetensors only; `allow_pickle: true` loads others you trust)"
+    return first
+
+
+def _load_draft(path: str, tok, *, dtype: str, attn: str, device, kw: dict):
     """The draft model; its tokenizer must be the target's (same token ids), else its proposals mean nothing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_local_dir(path, "draft model")
     try:
-        dtok = AutoTokenizer.from_pretrained(path)
-        draft = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        dtok = AutoTokenizer.from_pretrained(path, trust_remote_code=kw["trust_remote_code"])
+        draft = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+                                                     **{k: v for k, v in kw.items() if k != "revision"})
     except OSError as e:
-        raise UserError(f"cannot load draft model {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load draft model {path}: {_load_error(e)}") from None
     if dtok.get_vocab() != tok.get_vocab():
         raise UserError(f"draft model {path} has a different tokenizer from the target's: speculative decoding "
                         "here needs the same one")
