@@ -205,7 +205,9 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
         budgets.append({"budget": b, "accuracy": statistics.mean(per_sample),
                         "accuracy_std": statistics.pstdev(per_sample) if cfg.n > 1 else 0.0,
                         "mean_thinking_tokens": statistics.mean(r["thinking_tokens"] for r in rb),
-                        "control": statistics.mean(r["within_budget"] for r in rb),
+                        # the share of samples that closed </think> by themselves within B (not cut and forced);
+                        # not s1's "control" (model["s1"]["control"]: thinking kept within the forced bounds)
+                        "self_closed": statistics.mean(r["within_budget"] for r in rb),
                         "tokens_per_sample": tokens / len(rb),
                         "cost_per_correct": dollars / correct if correct else None})
     top = [r for r in rows if r["budget"] == cfg.budgets[-1]]
@@ -296,11 +298,11 @@ def _csv(models: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["model", "role", "params", "budget", "accuracy", "accuracy_std", "mean_thinking_tokens",
-                "control", "cost_per_correct"])
+                "self_closed", "cost_per_correct"])
     for m in models:
         for b in m["budgets"]:
             w.writerow([m["name"], m["role"], m["params"], b["budget"], f"{b['accuracy']:.4f}",
-                        f"{b['accuracy_std']:.4f}", f"{b['mean_thinking_tokens']:.2f}", f"{b['control']:.4f}",
+                        f"{b['accuracy_std']:.4f}", f"{b['mean_thinking_tokens']:.2f}", f"{b['self_closed']:.4f}",
                         "" if b["cost_per_correct"] is None else f"{b['cost_per_correct']:.3e}"])
     return buf.getvalue()
 

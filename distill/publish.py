@@ -197,7 +197,7 @@ def _model_card(cfg: PublishConfig, inp: dict, effort: dict, bench: tuple[str, s
                          tags=["reasoning", "distillation", "budget-forcing", "distill"], eval_results=evals)
     t_acc = {b["budget"]: b["accuracy"] for b in teacher["budgets"]} if teacher and teacher is not m else {}
     acc = [[b["budget"], f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}", f"{b['mean_thinking_tokens']:.1f}",
-            f"{b['control']:.2f}"] + ([f"{t_acc[b['budget']]:.3f}" if b["budget"] in t_acc else "-"]
+            f"{b['self_closed']:.2f}"] + ([f"{t_acc[b['budget']]:.3f}" if b["budget"] in t_acc else "-"]
                                       if t_acc else []) for b in m["budgets"]]
     by_b = {b["budget"]: b["accuracy"] for b in m["budgets"]}
     c = m["cost"]
@@ -224,9 +224,9 @@ def _model_card(cfg: PublishConfig, inp: dict, effort: dict, bench: tuple[str, s
         "## Evaluation", "",
         f"{bench[1]}: {res.get('n_problems')} problems, {res.get('n')} samples each at temperature "
         f"{res.get('temperature')}. Budget forcing caps the thinking at B tokens, then closes it and forces "
-        "the answer; accuracy is mean ± std over samples, control is the share of samples that finished "
-        "thinking within B.", "",
-        *_table(["thinking budget B", "accuracy", "mean thinking tokens", "control"] +
+        "the answer; accuracy is mean ± std over samples, self-closed is the share of samples that closed "
+        "their thinking by themselves within B.", "",
+        *_table(["thinking budget B", "accuracy", "mean thinking tokens", "self-closed"] +
                 (["teacher accuracy"] if t_acc else []), acc), "",
         "![accuracy vs thinking budget](accuracy_vs_thinking.png)", "",
         "## Reasoning effort", "",

@@ -87,7 +87,7 @@ def _eval_sections(res: dict) -> list[str]:
     models, budgets = res["models"], res["budgets"]
     acc = [[m["name"], m["role"], _size(m["params"])] +
            [f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}" for b in m["budgets"]] for m in models]
-    think = [[m["name"]] + [f"{b['mean_thinking_tokens']:.1f} / {b['control']:.2f}" for b in m["budgets"]]
+    think = [[m["name"]] + [f"{b['mean_thinking_tokens']:.1f} / {b['self_closed']:.2f}" for b in m["budgets"]]
              for m in models]
     cost = [[m["name"], _size(m["params"]), f"{m['cost']['tokens_per_s']:,.0f}",
              f"{m['cost']['latency_p50_s']:.2f}", f"{m['cost']['latency_p95_s']:.2f}",
@@ -102,7 +102,8 @@ def _eval_sections(res: dict) -> list[str]:
         "forcing caps the thinking at B tokens, then closes it and forces the answer.", "",
         "Accuracy (mean ± std over samples) by thinking budget B:", "",
         *_table(["model", "role", "params"] + [f"B={b}" for b in budgets], acc), "",
-        "Mean thinking tokens used / control (share of samples that finished thinking within B):", "",
+        "Mean thinking tokens used / self-closed (share of samples that closed their thinking by themselves "
+        "within B; the rest were cut at B and their answer forced):", "",
         *_table(["model"] + [f"B={b}" for b in budgets], think), "",
         "![accuracy vs thinking tokens](eval/accuracy_vs_thinking.png)", "",
         f"Accuracy by task and level at B={budgets[-1]}:", "", *_table(["model"] + keys, by_task), "",
@@ -142,7 +143,7 @@ def _scaling_section(models: list[dict], budgets: list[int]) -> list[str]:
             "s1's metrics for budget forcing: control (share of samples whose thinking stayed within the "
             "forced bounds), scaling (mean slope of accuracy per 1,000 thinking tokens over budget pairs), "
             "performance (best accuracy):", "",
-            *_table(["model", "control", "scaling", "performance"], s1), "",
+            *_table(["model", "s1 control", "scaling", "performance"], s1), "",
             "![thinking longer vs sampling more](eval/scaling_axes.png)", ""]
 
 

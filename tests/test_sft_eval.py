@@ -70,7 +70,7 @@ def test_eval_results_schema_budgets_and_plots(built):
         used = [b["mean_thinking_tokens"] for b in m["budgets"]]
         assert all(u <= b for u, b in zip(used, [2, 6, 12])) and used == sorted(used)
         for b in m["budgets"]:
-            assert 0 <= b["accuracy"] <= 1 and 0 <= b["control"] <= 1 and b["accuracy_std"] >= 0
+            assert 0 <= b["accuracy"] <= 1 and 0 <= b["self_closed"] <= 1 and b["accuracy_std"] >= 0
         cost = m["cost"]
         assert cost["tokens_per_s"] > 0 and cost["latency_p95_s"] >= cost["latency_p50_s"] > 0
         assert cost["flops_per_problem"] > 2 * m["params"] and cost["peak_mem_mb"] >= 0
