@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,6 +342,14 @@ def run(cfg: SftConfig) -> Path:
     # in gloo's teardown (SIGABRT, seen here), and torchrun then SIGTERMs rank 0 in the middle of writing.
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
+    if args.world_size > 1:
+        # ...and then leaves at once. Freeing the DDP model can deadlock: its reducer's gloo process group joins
+        # gloo's thread while this thread holds the GIL the other one waits for (seen here: a rank hung for good
+        # after its run was written). Everything is written and every rank is past the barrier; the OS frees
+        # the rest, the lock included.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return out
 
 
