@@ -243,8 +243,7 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
     settings = {"transformers": {"draft": spec["draft"]} if spec.get("draft") else {}, "vllm": cfg.vllm,
                 "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[kind]
     if kind in ("transformers", "vllm"):  # the loading policy (distill/backends/__init__.py)
-        settings = settings | {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle,
-                               "revision": spec.get("revision", "")}
+        settings = settings | backends.recipe_policy(cfg, spec.get("revision", ""))
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)

@@ -108,13 +108,9 @@ def _load_model(path: str, attn: str, fallbacks: Fallbacks, settings: dict):
     if attn == "flash_attention_2" and not torch.cuda.is_available():
         fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
         attn = "sdpa"
-    p = Path(path)
-    if (path.startswith((".", "/", "runs/")) or p.exists()) and not p.is_dir():
-        raise UserError(f"sft: model not found: {path}")
     kw = backends.policy(settings)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kw["trust_remote_code"],
-                                            **({"revision": kw["revision"]} if "revision" in kw else {}))
+        tok = AutoTokenizer.from_pretrained(path, **backends.tokenizer_kwargs(kw))
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", attn_implementation=attn, **kw)
     except OSError as e:
         raise UserError(f"sft: cannot load model {path}: {str(e).splitlines()[0]}") from None
@@ -232,10 +228,6 @@ def _plot_loss(history: list[dict], path: Path, title: str) -> None:
 NOT_SHAPING = ("run", "runs_dir", "name", "threads", "logging_steps", "save_steps", "force", "plan")
 
 
-def _policy(cfg: SftConfig) -> dict:
-    return {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle, "revision": cfg.revision}
-
-
 def _identity(cfg: SftConfig, data: Path) -> dict:
     ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SHAPING}
     ident["processes"] = int(os.environ.get("WORLD_SIZE", "1"))  # DDP's gradients sum in another order
@@ -262,9 +254,8 @@ def run(cfg: SftConfig) -> Path:
         fallbacks.add(f"{os.environ['ACCELERATE_MIXED_PRECISION']} mixed precision", "fp32", "no CUDA device")
         os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
     for key in ("model", "teacher"):  # a path that is not a model folder: refused before anything loads
-        path = getattr(cfg, key)
-        if path and (path.startswith((".", "/", "runs/")) or Path(path).exists()) and not Path(path).is_dir():
-            raise UserError(f"sft: {key} not found: {path}")
+        if getattr(cfg, key):
+            backends.check_local_dir(getattr(cfg, key), f"sft: {key}")
     data_path = Path(cfg.data or stage_dir(cfg.runs_dir, cfg.run, "filter", "teacher") / "train.jsonl")
     dataset = _dataset(data_path)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
@@ -279,7 +270,8 @@ def run(cfg: SftConfig) -> Path:
     elif ckpt_dir.is_dir() and _last_checkpoint(ckpt_dir):
         raise UserError(f"sft: {ckpt_dir} holds checkpoints of an unknown run (no {out / '.identity.json'}); "
                         f"to start afresh, delete {out} or give another name=")
-    model, tok = _load_model(cfg.model, cfg.attn_implementation, fallbacks, _policy(cfg))
+    model, tok = _load_model(cfg.model, cfg.attn_implementation, fallbacks,
+                             backends.recipe_policy(cfg, cfg.revision))
     settings = dict(
         output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, warmup_steps=cfg.warmup,
         lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
@@ -371,7 +363,7 @@ def _teacher(cfg: SftConfig, tok, fallbacks: Fallbacks):
     """The GKD teacher, held to the student's tokenizer: the divergence compares the two next-token
     distributions id by id, so an id must mean the same text in both (TRL's `gold` is for differing ones)."""
     teacher, teacher_tok = _load_model(cfg.teacher, cfg.attn_implementation, fallbacks,
-                                       _policy(cfg) | {"revision": ""})
+                                       backends.recipe_policy(cfg))
     if teacher_tok.get_vocab() != tok.get_vocab():
         raise UserError(f"sft: teacher {cfg.teacher} and student {cfg.model} have different tokenizers; "
                         "gkd needs the same one")

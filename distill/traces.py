@@ -181,12 +181,12 @@ def run(cfg: TracesConfig) -> Path:
     log_path = out / "traces.jsonl"
     ident = _identity(cfg, src)
     _check_resume(log_path, ident)  # before any model is loaded
-    if (out / "manifest.json").is_file() and log_path.exists():
-        done = _resume(log_path)
-        if all((p["id"], k) in done for p in problems for k in range(cfg.n)):
-            print(f"traces: up to date: {len(done)} samples made with these settings in {log_path}; nothing to "
-                  f"do (to make them again, delete {out} or give another name=)")
-            return out
+    done = _resume(log_path)
+    todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
+    if not todo and (out / "manifest.json").is_file():
+        print(f"traces: up to date: {len(done)} samples made with these settings in {log_path}; nothing to "
+              f"do (to make them again, delete {out} or give another name=)")
+        return out
     fallbacks = Fallbacks()
     chat = cfg.backend == "openai" and cfg.openai.get("api") == "chat"
     G.set_threads(cfg.threads)
@@ -205,16 +205,13 @@ def run(cfg: TracesConfig) -> Path:
             G.check_tokenizer(cfg.model)  # before the weights load
         settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[cfg.backend]
         if cfg.backend in ("transformers", "vllm"):  # the loading policy (distill/backends/__init__.py)
-            settings = settings | {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle,
-                                   "revision": cfg.revision}
+            settings = settings | backends.recipe_policy(cfg, cfg.revision)
         backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         tok = backend.tok
         if not chat:
             G.stop_tokens(tok)  # a tokenizer without </think> is refused before anything is generated
 
-    done = _resume(log_path)
-    todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
     print(f"traces: {len(done)} samples already done, {len(todo)} to generate -> {log_path}")
     if todo:  # the log is about to grow: until it is finished again, no manifest says it is
         (out / "manifest.json").unlink(missing_ok=True)

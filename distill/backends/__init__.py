@@ -60,6 +60,16 @@ def policy(settings: dict) -> dict:
     return out
 
 
+def recipe_policy(cfg, revision: str = "") -> dict:
+    """A stage config's loading settings (its trust_remote_code and allow_pickle, and a model's revision)."""
+    return {"trust_remote_code": cfg.trust_remote_code, "allow_pickle": cfg.allow_pickle, "revision": revision}
+
+
+def tokenizer_kwargs(kw: dict) -> dict:
+    """The part of `policy(...)` a tokenizer (and vLLM's engine) takes: trust_remote_code and the revision."""
+    return {k: v for k, v in kw.items() if k != "use_safetensors"}
+
+
 def loaded(model, kw: dict) -> dict:
     """What the manifest records about how a model was loaded: the policy and the Hub commit it resolved to."""
     return {"trust_remote_code": kw["trust_remote_code"], "safetensors_only": kw["use_safetensors"],

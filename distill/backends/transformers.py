@@ -17,7 +17,7 @@ import logging
 import time
 
 from distill.artifacts import UserError
-from distill.backends import Gen, check_local_dir, loaded, policy
+from distill.backends import Gen, check_local_dir, loaded, policy, tokenizer_kwargs
 
 
 class TransformersBackend:
@@ -122,8 +122,7 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
         attn = "sdpa"
     kw = policy(settings)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kw["trust_remote_code"],
-                                            **({"revision": kw["revision"]} if "revision" in kw else {}))
+        tok = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs(kw))
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kw)
     except OSError as e:
         raise UserError(f"cannot load model {path}: {_load_error(e)}") from None

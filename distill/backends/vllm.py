@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from distill.artifacts import UserError
-from distill.backends import POLICY_KEYS, Gen, check_local_dir, count_params, policy
+from distill.backends import POLICY_KEYS, Gen, check_local_dir, count_params, policy, tokenizer_kwargs
 from distill.backends.transformers import prepare_tokenizer
 
 # vLLM's CPU attention kernels take only these head sizes (get_supported_head_sizes of its CPU backend)
@@ -102,16 +102,13 @@ def load(path: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: s
         engine |= _cpu_defaults(runs_dir, run)
     # the loading policy (distill/backends/__init__.py) in vLLM's words; the rest of `vllm:` passes through
     pol = policy(settings)
-    engine |= {"trust_remote_code": pol["trust_remote_code"], **({"revision": pol["revision"]} if "revision" in pol
-                                                                  else {})}
+    engine |= tokenizer_kwargs(pol)
     if pol["use_safetensors"]:
         engine["load_format"] = "safetensors"
     engine |= {k: v for k, v in settings.items() if k not in POLICY_KEYS}
     from vllm import LLM
 
-    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=pol["trust_remote_code"],
-                                                          **({"revision": pol["revision"]} if "revision" in pol
-                                                             else {})))
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path, **tokenizer_kwargs(pol)))
     try:
         llm = LLM(model=path, tokenizer=path, **engine)
     except TypeError as e:  # an unknown key under `vllm:`
