@@ -66,25 +66,38 @@ grade:
 
 # The whole pipeline on the embedded default, CPU only, nothing downloaded. BACKEND=vllm: the teacher's
 # traces and the eval sample through vLLM (.venv-vllm, `make install-vllm`); models whose head size vLLM's
-# CPU kernels do not take fall back to transformers (logged, in the manifest).
+# CPU kernels do not take fall back to transformers (logged, in the manifest). SEED=k (k > 0) draws other
+# problems, initial weights, batches and samples and writes runs/demo-seed<k>/ (the recipes' paths say {run}).
 BACKEND ?= transformers
 GEN      = $(if $(filter vllm,$(BACKEND)),$(VLLM_VENV)/bin/distill,$(DISTILL))
 GEN_ARGS = $(if $(filter vllm,$(BACKEND)),backend=vllm,)
+SEED    ?= 0
+RUN     := $(if $(filter 0,$(SEED)),demo,demo-seed$(SEED))
+R        = run=$(RUN)
+RS       = run=$(RUN) seed=$(SEED)
 demo:
 	@[ "$(BACKEND)" != vllm ] || [ -x $(VLLM_VENV)/bin/distill ] || \
 		{ echo "BACKEND=vllm needs $(VLLM_VENV): run make install-vllm first"; exit 2; }
-	$(DISTILL) problems  --config eval/demo.yaml
-	$(DISTILL) tokenizer --config eval/demo.yaml
-	$(DISTILL) traces    --config teachers/solver.yaml   # reference solver: the teacher's cold start
-	$(DISTILL) filter    --config teachers/solver.yaml
-	$(DISTILL) init      --config teachers/demo.yaml
-	$(DISTILL) sft       --config teachers/demo.yaml     # the teacher learns to think
-	$(GEN) traces        --config teachers/demo.yaml $(GEN_ARGS)  # the teacher samples n traces per problem
-	$(DISTILL) filter    --config teachers/demo.yaml
-	for s in $(STUDENTS); do $(DISTILL) init --config $$s && $(DISTILL) sft --config $$s || exit 1; done
-	$(GEN) eval          --config eval/demo.yaml $(GEN_ARGS)
-	$(DISTILL) report    --config eval/demo.yaml
-	@echo "open runs/demo/report.md"
+	$(DISTILL) problems  --config eval/demo.yaml $(RS)
+	$(DISTILL) tokenizer --config eval/demo.yaml $(R)
+	$(DISTILL) traces    --config teachers/solver.yaml $(RS)  # reference solver: the teacher's cold start
+	$(DISTILL) filter    --config teachers/solver.yaml $(RS)
+	$(DISTILL) init      --config teachers/demo.yaml $(RS)
+	$(DISTILL) sft       --config teachers/demo.yaml $(RS)    # the teacher learns to think
+	$(GEN) traces        --config teachers/demo.yaml $(RS) $(GEN_ARGS)  # the teacher samples n traces per problem
+	$(DISTILL) filter    --config teachers/demo.yaml $(RS)
+	for s in $(STUDENTS); do $(DISTILL) init --config $$s $(RS) && $(DISTILL) sft --config $$s $(RS) || exit 1; done
+	$(GEN) eval          --config eval/demo.yaml $(RS) $(GEN_ARGS)
+	# ablation: the largest student on every trace the teacher wrote (no filter), same init and steps
+	$(DISTILL) filter    --config teachers/demo.yaml $(RS) name=teacher-unfiltered 'drop=[]' \
+		traces=runs/$(RUN)/traces/teacher/traces.jsonl
+	$(DISTILL) sft       --config students/demo-l.yaml $(RS) name=student-l-unfiltered \
+		data=runs/$(RUN)/filter/teacher-unfiltered/train.jsonl
+	$(GEN) eval          --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-filter seed=$(SEED) $(GEN_ARGS) \
+		problems=runs/$(RUN)/problems/eval.jsonl \
+		models='[{name: student-l-unfiltered, role: student, path: runs/$(RUN)/sft/student-l-unfiltered/model}]'
+	$(DISTILL) report    --config eval/demo.yaml $(R)
+	@echo "open runs/$(RUN)/report.md"
 
 # The demo's teacher and largest student quantized (GGUF q8_0 and Q4_K_M through llama.cpp, bitsandbytes 8-bit and
 # NF4) and evaluated next to fp32 on the same problems, sampled as in the demo and greedy (are the outputs fp32's?):
@@ -102,7 +115,7 @@ demo-quantized:
 # JSD to the teacher's distributions, on the student's own samples half the time) for the same training wall time,
 # from the same init and data; both evaluated like the demo, shown in runs/demo/report.md. After `make demo`. GKD's
 # max_steps = the SFT run's train_s / GKD's s/step in a short timing run (a step's cost depends on its sampling).
-ABLATION := runs_dir=runs/demo run=ablation
+ABLATION := runs_dir=runs/demo run=ablation model=runs/demo/init/student-l data=runs/demo/filter/teacher/train.jsonl
 GKD_ARGS ?= method=gkd teacher=runs/demo/sft/teacher/model trl.lmbda=0.5 trl.beta=0.5 trl.temperature=0.9 \
 	trl.max_new_tokens=240
 ablation-gkd:
@@ -113,7 +126,7 @@ ablation-gkd:
 		s, t = m("student-l-sft"), m("gkd-timing"); print(round(s["timings"]["train_s"] * t["counts"]["steps"] / t["timings"]["train_s"]))') && \
 	echo "gkd: $$steps steps for the SFT run's training time" && \
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-gkd $(GKD_ARGS) trl.max_steps=$$steps
-	$(DISTILL) eval --config eval/demo.yaml $(ABLATION) models='[{name: student-l-sft, role: student, path: runs/demo/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/demo/ablation/sft/student-l-gkd/model}]'
+	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/demo run=ablation problems=runs/demo/problems/eval.jsonl models='[{name: student-l-sft, role: student, path: runs/demo/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/demo/ablation/sft/student-l-gkd/model}]'
 	$(DISTILL) report --config eval/demo.yaml
 
 test:

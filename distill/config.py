@@ -5,7 +5,9 @@
     eval: {budgets: [16, 64]}
 
 `distill sft --config r.yaml lr=1e-3` builds `SFTConfig` from the shared keys, the `sft` section and the
-override, in that order. A key that no config knows is an error naming the file and the key.
+override, in that order. A key that no config knows is an error naming the file and the key. `{run}` in any
+text value is the run's name, so one recipe serves every run: `data: runs/{run}/filter/teacher/train.jsonl`
+with `run=demo-seed1` reads that run's data (`make demo SEED=1`).
 """
 
 from __future__ import annotations
@@ -97,12 +99,24 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
                 known = ", ".join(sorted(fields))
                 raise UserError(f"{where}: unknown key {key!r} for stage {stage!r} (known: {known})")
             values[key] = value
+    run = str(values.get("run", recipe.get("run", getattr(cls, "run", ""))))
     try:
-        return _adapter(cls).validate_python(values)
+        return _adapter(cls).validate_python(_with_run(values, run))
     except ValidationError as e:
         raise UserError(_one_line(e, source, stage, section, overrides)) from None
     except (ValueError, TypeError) as e:
         raise UserError(f"{_where(str(e).split()[0].split('=')[0], source, stage, section, overrides)}: {e}") from None
+
+
+def _with_run(value, run: str):
+    """`{run}` replaced by the run's name in every text value, also inside lists and mappings."""
+    if isinstance(value, str):
+        return value.replace("{run}", run)
+    if isinstance(value, list):
+        return [_with_run(v, run) for v in value]
+    if isinstance(value, dict):
+        return {k: _with_run(v, run) for k, v in value.items()}
+    return value
 
 
 @functools.cache

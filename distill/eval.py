@@ -202,6 +202,7 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
         tokens = sum(r["thinking_tokens"] + r["answer_tokens"] for r in rb)
         correct = sum(r["correct"] for r in rb)
         dollars = tokens * s_per_token * cfg.price_per_hour / 3600
+        flops = 2 * params * sum(r["prompt_tokens"] + r["thinking_tokens"] + r["answer_tokens"] for r in rb)
         budgets.append({"budget": b, "accuracy": statistics.mean(per_sample),
                         "accuracy_std": statistics.pstdev(per_sample) if cfg.n > 1 else 0.0,
                         "mean_thinking_tokens": statistics.mean(r["thinking_tokens"] for r in rb),
@@ -209,7 +210,8 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
                         # not s1's "control" (model["s1"]["control"]: thinking kept within the forced bounds)
                         "self_closed": statistics.mean(r["within_budget"] for r in rb),
                         "tokens_per_sample": tokens / len(rb),
-                        "cost_per_correct": dollars / correct if correct else None})
+                        "cost_per_correct": dollars / correct if correct else None,
+                        "flops_per_correct": flops / correct if correct else None})
     top = [r for r in rows if r["budget"] == cfg.budgets[-1]]
     per_problem: dict[str, list] = {}
     for r in top:
@@ -235,6 +237,11 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
                      "flops_per_problem": 2 * params * statistics.mean(
                          r["prompt_tokens"] + r["thinking_tokens"] + r["answer_tokens"] for r in top),
                      "cost_per_correct": budgets[-1]["cost_per_correct"],
+                     # the budget where a correct answer is cheapest: what serving this model at its best costs
+                     "best": min(({"budget": b["budget"], "cost_per_correct": b["cost_per_correct"],
+                                   "flops_per_correct": b["flops_per_correct"], "accuracy": b["accuracy"]}
+                                  for b in budgets if b["cost_per_correct"] is not None),
+                                 key=lambda b: b["cost_per_correct"], default=None),
                      "price_per_hour": cfg.price_per_hour}}
 
 
@@ -297,12 +304,13 @@ def _csv(models: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["model", "role", "params", "budget", "accuracy", "accuracy_std", "mean_thinking_tokens",
-                "self_closed", "cost_per_correct"])
+                "self_closed", "cost_per_correct", "flops_per_correct"])
     for m in models:
         for b in m["budgets"]:
             w.writerow([m["name"], m["role"], m["params"], b["budget"], f"{b['accuracy']:.4f}",
                         f"{b['accuracy_std']:.4f}", f"{b['mean_thinking_tokens']:.2f}", f"{b['self_closed']:.4f}",
-                        "" if b["cost_per_correct"] is None else f"{b['cost_per_correct']:.3e}"])
+                        "" if b["cost_per_correct"] is None else f"{b['cost_per_correct']:.3e}",
+                        "" if b["flops_per_correct"] is None else f"{b['flops_per_correct']:.3e}"])
     return buf.getvalue()
 
 

@@ -47,6 +47,10 @@ class FilterConfig:
     select: Literal["random", "shortest"] = "random"
     seed: int = 0
     decontaminate_against: list[str] = field(default_factory=list)  # eval.jsonl files or eval/*.yaml recipes
+    # the checks that drop a sample; fewer keeps what they would have dropped (`drop=[]`: every trace as the
+    # teacher wrote it, the demo's unfiltered ablation), counted in stats.json's `kept_anyway`
+    drop: list[Literal["truncated", "wrong", "overlong", "duplicate", "surplus"]] = field(
+        default_factory=lambda: list(REASONS))
     grade_processes: Pos = 2  # math-verify worker processes (problems that are not built-in tasks)
     grade_timeout: PosFloat = 5.0  # seconds per answer; an answer that takes longer is wrong
 
@@ -128,9 +132,12 @@ def run(cfg: FilterConfig) -> Path:
 
     contaminated, overlaps = _contaminated(cfg, problems, traces)
     correct, graders = _grade(cfg, traces, problems, contaminated)
-    dropped, by_problem = Counter(), {}
+    dropped, anyway, by_problem = Counter(), Counter(), {}
     for r, ok in zip(traces, correct, strict=True):
         reason = "contaminated" if r["problem_id"] in contaminated else _verdict(cfg, r, ok)
+        if reason and reason not in cfg.drop and reason != "contaminated":
+            anyway[reason] += 1
+            reason = None
         if reason:
             dropped[reason] += 1
         else:
@@ -140,14 +147,18 @@ def run(cfg: FilterConfig) -> Path:
         seen, unique = set(), []
         for r in rows:
             key = (r["thinking"], r["answer"])
-            dropped["duplicate"] += key in seen
-            if key not in seen:
+            repeat = key in seen and "duplicate" in cfg.drop
+            dropped["duplicate"] += repeat
+            anyway["duplicate"] += key in seen and not repeat
+            if not repeat:
                 seen.add(key)
                 unique.append(r)
         unique = sorted(unique, key=lambda r: r["thinking_tokens"]) if cfg.select == "shortest" else \
             rng.sample(unique, len(unique))
-        dropped["surplus"] += max(0, len(unique) - cfg.keep_per_problem)
-        kept += unique[:cfg.keep_per_problem]
+        keep = cfg.keep_per_problem if "surplus" in cfg.drop else len(unique)
+        dropped["surplus"] += max(0, len(unique) - keep)
+        anyway["surplus"] += max(0, len(unique) - cfg.keep_per_problem) if keep > cfg.keep_per_problem else 0
+        kept += unique[:keep]
     if not kept:
         raise UserError(f"{tr_path}: every sample was dropped ({dict(dropped)}); nothing to train on")
 
@@ -165,7 +176,8 @@ def run(cfg: FilterConfig) -> Path:
     stats = {
         "samples": len(traces), "problems": len(traced), "kept": len(kept),
         "dropped": {k: dropped.get(k, 0) for k in reasons},
-        "correct_rate": round(1 - (dropped["truncated"] + dropped["wrong"]) / max(judged, 1), 4),
+        "kept_anyway": {k: anyway.get(k, 0) for k in REASONS if k not in cfg.drop},
+        "correct_rate": round(1 - sum(dropped[k] + anyway[k] for k in ("truncated", "wrong")) / max(judged, 1), 4),
         "graded_by": dict(sorted(graders.items())),  # samples each grader judged (truncated ones are not)
         "problems_with_a_kept_sample": len(per_problem),
         "yield_per_problem": dict(sorted(Counter(per_problem.get(p, 0) for p in traced).items())),

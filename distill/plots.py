@@ -43,23 +43,29 @@ def accuracy_vs_thinking(models: list[dict], path: Path) -> None:
 
 
 def accuracy_vs_cost(models: list[dict], path: Path) -> None:
+    """Accuracy against what a correct answer costs, one point per budget: measured dollars (wall time on this
+    machine) on the left, FLOPs (2 x params x tokens) on the right. The two disagree where a model's speed is
+    not what its size suggests (per-token overheads)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    drawn = 0
-    for m in models:
-        pts = [(b["cost_per_correct"], b["accuracy"]) for b in m["budgets"] if b["cost_per_correct"]]
-        if pts:
-            ax.plot(*zip(*pts), label=_label(m), **_style(m))
-            drawn += 1
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 4.2), sharey=True)
     price = models[0]["cost"]["price_per_hour"] if models else 0
-    ax.set(xscale="log", xlabel=f"cost per correct answer (\\$, machine at \\${price}/h)",
-           ylabel="accuracy (held-out)", ylim=(0, 1.02), title="Accuracy vs serving cost (one point per budget)")
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=8)
-    else:  # say so rather than leave a blank figure
-        ax.text(0.5, 0.5, "no correct answers: cost per correct answer is undefined", ha="center",
-                transform=ax.transAxes)
+    dollars = f"measured cost per correct answer (\\$, machine at \\${price}/h)"  # escaped: not mathtext
+    for ax, key, xlabel in ((axes[0], "cost_per_correct", dollars),
+                            (axes[1], "flops_per_correct", "FLOPs per correct answer")):
+        drawn = 0
+        for m in models:
+            pts = [(b[key], b["accuracy"]) for b in m["budgets"] if b.get(key)]
+            if pts:
+                ax.plot(*zip(*pts), label=_label(m), **_style(m))
+                drawn += 1
+        ax.set(xscale="log", xlabel=xlabel, ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:  # say so rather than leave a blank figure
+            ax.text(0.5, 0.5, "no correct answers: undefined", ha="center", transform=ax.transAxes)
+    axes[0].set_ylabel("accuracy (held-out)")
+    fig.suptitle("Accuracy vs serving cost (one point per budget)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

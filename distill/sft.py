@@ -352,11 +352,39 @@ def _trainer(method: str, settings: dict):
         from trl.experimental.gkd import GKDTrainer as Trainer
     else:
         from trl import SFTConfig as Config
-        from trl import SFTTrainer as Trainer
+
+        Trainer = _sft_trainer()
     try:
         return Trainer, Config(**settings)
     except (TypeError, ValueError) as e:
         raise UserError(f"sft: bad trl setting: {str(e).splitlines()[0]}") from None
+
+
+def _sft_trainer():
+    """TRL's SFTTrainer, with the model's own loss when training on CPU.
+
+    SFTTrainer (TRL 1.16) always computes the loss through a "fused LM head" it patches into the model (chunked
+    log-probs that never hold the logits, plus per-token entropy and top-1 accuracy for its `entropy` and
+    `mean_token_accuracy` logs); no setting turns it or those metrics off. On CUDA it is a Triton kernel saving
+    memory on large vocabularies; on CPU it runs as torch ops and cost the demo's students ~25 ms of a 65-95 ms
+    micro-batch (bench/RESULTS.md, sft_throughput). So on CPU the loss is transformers' Trainer.compute_loss: the
+    model's logits + cross-entropy summed over label tokens / num_items_in_batch, the quantity TRL computes (equal
+    to float rounding); TRL's `entropy`, `mean_token_accuracy` and `num_tokens` (the Trainer's
+    num_input_tokens_seen again), read by nothing here, are then not logged. Other losses keep TRL's path."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class CpuLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (return_outputs or not self.model.training or self.args.device.type != "cpu"
+                    or self.args.loss_type != "nll" or self.label_smoother is not None
+                    or self.compute_loss_func is not None or self.aux_loss_enabled):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # use_cache=False as TRL's own compute_loss sets: no KV cache is built in training
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False},
+                                        num_items_in_batch=num_items_in_batch)
+
+    return CpuLossSFTTrainer
 
 
 def _teacher(cfg: SftConfig, tok, fallbacks: Fallbacks):

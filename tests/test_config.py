@@ -23,6 +23,21 @@ def test_unknown_keys_are_errors_that_name_the_key():
     assert (cfg.run, cfg.train_per_task, cfg.seed) == ("r", 5, 2)
 
 
+def test_run_name_fills_recipe_paths():
+    """`{run}` in a recipe's text values is the run's name: one recipe serves `make demo SEED=k`'s runs."""
+    from distill.eval import EvalConfig
+    from distill.sft import SftConfig
+
+    recipe = {"run": "demo", "sft": {"model": "runs/{run}/init/s", "data": "runs/{run}/filter/t/train.jsonl"},
+              "eval": {"problems": "runs/{run}/problems/eval.jsonl",
+                       "models": [{"name": "s", "role": "student", "path": "runs/{run}/sft/s/model"}]}}
+    fields = {"run", "seed"}
+    sft = build(SftConfig, "sft", recipe, {"run": "demo-seed2"}, "r.yaml", {"sft", "eval"}, fields)
+    assert (sft.model, sft.data) == ("runs/demo-seed2/init/s", "runs/demo-seed2/filter/t/train.jsonl")
+    ev = build(EvalConfig, "eval", recipe, {}, "r.yaml", {"sft", "eval"}, fields)
+    assert ev.problems == "runs/demo/problems/eval.jsonl" and ev.models[0]["path"] == "runs/demo/sft/s/model"
+
+
 def test_read_jsonl_names_file_and_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"a": 1}\n{"a": 2\n')

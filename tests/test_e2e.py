@@ -46,6 +46,13 @@ eval:
     distill("sft", "--config", r, "name=student", f"model={runs}/init/student",
             f"data={runs}/filter/teacher/train.jsonl")
     distill("eval", "--config", r)
+    # the demo's ablation: the student on every trace the teacher wrote, evaluated into runs/e2e/ablation-filter
+    distill("filter", "--config", r, "name=teacher-unfiltered", "drop=[]",
+            f"traces={runs}/traces/teacher/traces.jsonl")
+    distill("sft", "--config", r, "name=student-unfiltered", f"model={runs}/init/student",
+            f"data={runs}/filter/teacher-unfiltered/train.jsonl")
+    distill("eval", "--config", r, f"runs_dir={runs}", "run=ablation-filter", f"problems={runs}/problems/eval.jsonl",
+            f"models=[{{name: student-unfiltered, role: student, path: {runs}/sft/student-unfiltered/model}}]")
     distill("report", "--config", r)
 
     for stage in ("problems", "tokenizer", "traces/teacher", "filter/teacher", "sft/teacher", "eval"):
@@ -56,5 +63,8 @@ eval:
     assert {m["role"] for m in res["models"]} == {"teacher", "student"}
     report = (runs / "report.md").read_text()
     for heading in ("## 1. Problems", "## 2. Traces", "## 3. Filter", "## 4. Training", "## 5. Evaluation",
-                    "## 6. Serving cost", "accuracy_vs_thinking.png"):
+                    "## 6. Serving cost", "accuracy_vs_thinking.png", "## 7. Ablation: filtered vs unfiltered",
+                    "| student-unfiltered | teacher-unfiltered | 600 |"):
         assert heading in report
+    assert "## Summary" in report and "keeps >= 0.9 of the teacher's accuracy" in report
+    assert all(b["flops_per_correct"] is None or b["flops_per_correct"] > 0 for m in res["models"] for b in m["budgets"])

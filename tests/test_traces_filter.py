@@ -51,6 +51,15 @@ def test_filter_drops_each_reason(built, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept"] == 1
     assert stats["dropped"] == {"truncated": 1, "wrong": 1, "overlong": 1, "duplicate": 1, "surplus": 0}
+    assert stats["kept_anyway"] == {} and stats["correct_rate"] == 0.6
+    # drop=[]: every trace as written (the demo's unfiltered ablation), what a check would have dropped counted
+    out = filt.run(filt.FilterConfig(run="t", runs_dir=str(tmp_path / "r"), name="all", traces=str(path),
+                                     problems=str(built / "t" / "problems" / "train.jsonl"),
+                                     max_thinking_tokens=100, keep_per_problem=1, drop=[]))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == 5 and len(read_jsonl(out / "train.jsonl")) == 5
+    assert set(stats["dropped"].values()) == {0} and stats["correct_rate"] == 0.6
+    assert stats["kept_anyway"] == {"truncated": 1, "wrong": 1, "overlong": 1, "duplicate": 1, "surplus": 2}
 
 
 def _traces_cmd(built, model, out_name):
