@@ -363,14 +363,15 @@ def _trainer(method: str, settings: dict):
 def _sft_trainer():
     """TRL's SFTTrainer, with the model's own loss when training on CPU.
 
-    SFTTrainer (TRL 1.16) always computes the loss through a "fused LM head" it patches into the model (chunked
-    log-probs that never hold the logits, plus per-token entropy and top-1 accuracy for its `entropy` and
-    `mean_token_accuracy` logs); no setting turns it or those metrics off. On CUDA it is a Triton kernel saving
-    memory on large vocabularies; on CPU it runs as torch ops and cost the demo's students ~25 ms of a 65-95 ms
-    micro-batch (bench/RESULTS.md, sft_throughput). So on CPU the loss is transformers' Trainer.compute_loss: the
-    model's logits + cross-entropy summed over label tokens / num_items_in_batch, the quantity TRL computes (equal
-    to float rounding); TRL's `entropy`, `mean_token_accuracy` and `num_tokens` (the Trainer's
-    num_input_tokens_seen again), read by nothing here, are then not logged. Other losses keep TRL's path."""
+    SFTTrainer (TRL 1.16) always computes the loss through a "fused LM head" it patches into the model
+    (chunked log-probs that never hold the logits, plus per-token entropy and top-1 accuracy for its
+    `entropy` and `mean_token_accuracy` logs); no setting turns it or those metrics off. On CUDA it is a
+    Triton kernel saving memory on large vocabularies; on CPU it runs as torch ops and cost the demo's
+    students ~25 ms of a 65-95 ms micro-batch (bench/RESULTS.md, sft_throughput). So on CPU the loss is
+    transformers' Trainer.compute_loss: the model's logits + cross-entropy summed over label tokens /
+    num_items_in_batch, the quantity TRL computes (equal to float rounding); TRL's `entropy`,
+    `mean_token_accuracy` and `num_tokens` (the Trainer's num_input_tokens_seen again), read by nothing
+    here, are then not logged. Other losses (dft, label smoothing, MoE aux loss) keep TRL's path."""
     from transformers import Trainer
     from trl import SFTTrainer
 
