@@ -41,6 +41,13 @@ def run(cfg: InitConfig) -> Path:
     if unknown:
         raise UserError(f"init: unknown Qwen2Config field(s) in arch: {', '.join(unknown)}")
     arch = {"tie_word_embeddings": True, "max_position_embeddings": 1024, **cfg.arch}
+    # a shape Qwen2 builds but cannot run: rotary embeddings rotate pairs of a head's dimensions
+    heads = arch.get("num_attention_heads", Qwen2Config().num_attention_heads)
+    width = arch.get("hidden_size", Qwen2Config().hidden_size)
+    head_dim = arch.get("head_dim") or (width // heads if heads and width % heads == 0 else None)
+    if head_dim is None or head_dim % 2:
+        raise UserError(f"init: arch: hidden_size {width} / num_attention_heads {heads} must give an even head size "
+                        f"(rotary embeddings rotate pairs of dimensions), got {width / heads:g}")
     config = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=None, **arch)
     torch.manual_seed(cfg.seed)
