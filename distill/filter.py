@@ -133,32 +133,29 @@ def run(cfg: FilterConfig) -> Path:
     contaminated, overlaps = _contaminated(cfg, problems, traces)
     correct, graders = _grade(cfg, traces, problems, contaminated)
     dropped, anyway, by_problem = Counter(), Counter(), {}
+
+    def drops(reason: str, n: int = 1) -> bool:
+        """Count n samples a check finds; True when the check drops them (contaminated ones always go)."""
+        on = reason == "contaminated" or reason in cfg.drop
+        (dropped if on else anyway)[reason] += n
+        return on
+
     for r, ok in zip(traces, correct, strict=True):
         reason = "contaminated" if r["problem_id"] in contaminated else _verdict(cfg, r, ok)
-        if reason and reason not in cfg.drop and reason != "contaminated":
-            anyway[reason] += 1
-            reason = None
-        if reason:
-            dropped[reason] += 1
-        else:
+        if not (reason and drops(reason)):
             by_problem.setdefault(r["problem_id"], []).append(r)
     rng, kept = random.Random(cfg.seed), []
     for pid, rows in by_problem.items():
         seen, unique = set(), []
         for r in rows:
             key = (r["thinking"], r["answer"])
-            repeat = key in seen and "duplicate" in cfg.drop
-            dropped["duplicate"] += repeat
-            anyway["duplicate"] += key in seen and not repeat
-            if not repeat:
+            if not (key in seen and drops("duplicate")):
                 seen.add(key)
                 unique.append(r)
         unique = sorted(unique, key=lambda r: r["thinking_tokens"]) if cfg.select == "shortest" else \
             rng.sample(unique, len(unique))
-        keep = cfg.keep_per_problem if "surplus" in cfg.drop else len(unique)
-        dropped["surplus"] += max(0, len(unique) - keep)
-        anyway["surplus"] += max(0, len(unique) - cfg.keep_per_problem) if keep > cfg.keep_per_problem else 0
-        kept += unique[:keep]
+        surplus = max(0, len(unique) - cfg.keep_per_problem)
+        kept += unique[:len(unique) - surplus] if drops("surplus", surplus) else unique
     if not kept:
         raise UserError(f"{tr_path}: every sample was dropped ({dict(dropped)}); nothing to train on")
 

@@ -47,7 +47,7 @@ def run(cfg: InitConfig) -> Path:
     head_dim = arch.get("head_dim") or (width // heads if heads and width % heads == 0 else None)
     if head_dim is None or head_dim % 2:
         raise UserError(f"init: arch: hidden_size {width} / num_attention_heads {heads} must give an even head size "
-                        f"(rotary embeddings rotate pairs of dimensions), got {width / heads:g}")
+                        f"(rotary embeddings rotate pairs of dimensions)")
     config = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=None, **arch)
     torch.manual_seed(cfg.seed)
