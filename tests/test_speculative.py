@@ -1,5 +1,7 @@
 """Speculative decoding: a smaller model with the same tokenizer as the teacher's draft (transformers assisted
-generation). Greedy outputs must be the target's own, token for token; eval reports acceptance and speed-up."""
+generation). Greedy outputs must be the target's own, token for token; eval reports acceptance and speed-up.
+Also the transformers backend's own CPU settings (a StaticCache, top-p without a sort): sampled tokens must be
+transformers' defaults' (DynamicCache, TopPLogitsWarper), token for token."""
 
 from __future__ import annotations
 
@@ -45,6 +47,30 @@ def test_greedy_with_draft_is_the_target_alone_token_for_token(built, models):
     same = T.load(str(teacher), settings={"draft": str(teacher)}, fallbacks=None)
     assert [g.ids for g in same.generate(prompts, 40, stop, **kw)] == [g.ids for g in alone]
     assert same.spec["proposed"] > 0 and same.spec["accepted"] / same.spec["proposed"] > 0.95
+
+
+def test_cpu_generation_settings_sample_the_tokens_of_transformers_defaults(built, models):
+    import torch
+    from transformers import GenerationConfig
+
+    b = T.load(str(models[0]), settings={}, fallbacks=None, batch_size=8)
+    prompts, stop = _prompts(built, b.tok), list(G.stop_tokens(b.tok))
+    gens = b.generate(prompts, 48, stop, temperature=0.7, top_p=0.8, seed=5)
+    # the same batch (all 8 prompts, left-padded, shortest first) through generate with transformers' defaults
+    order = sorted(range(8), key=lambda i: len(prompts[i]))
+    width = max(map(len, prompts))
+    ids = torch.tensor([[b.tok.pad_token_id] * (width - len(prompts[i])) + prompts[i] for i in order])
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        res = b.model.generate(input_ids=ids, attention_mask=(ids != b.tok.pad_token_id).long(),
+                               generation_config=GenerationConfig(max_new_tokens=48, do_sample=True, temperature=0.7,
+                                                                  top_p=0.8, top_k=0, eos_token_id=stop,
+                                                                  pad_token_id=b.tok.pad_token_id))
+    assert res.shape[1] - width == 48  # an untrained model: some rows run to the limit, with top-p cuts all along
+    for row, i in enumerate(order):
+        ref = res[row, width:].tolist()
+        cut = next((k for k, t in enumerate(ref) if t in stop), None)
+        assert gens[i].ids == (ref[:cut + 1] if cut is not None else ref)
 
 
 def test_eval_reports_acceptance_and_speedup(built, models, tmp_path):
