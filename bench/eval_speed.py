@@ -162,7 +162,7 @@ def _run_phase(backend, prompts, phase: str, **kw):
         gens = backend.generate(prompts, MAX_NEW, _stop(backend), desc="bench", **gen_kw)
         seconds = time.perf_counter() - started
         return sum(len(g.ids) for g in gens), seconds, [], _digest([g.ids for g in gens])
-    from distill.eval import EvalConfig, _generate_all
+    from distill.eval import EvalConfig, _generate_all, generated_tokens
 
     cfg = EvalConfig(models=[{"name": "m", "role": "student", "path": "m"}], budgets=[16, 32, 64, 128, 256], n=N,
                      temperature=gen_kw["temperature"], top_p=gen_kw["top_p"], max_answer_tokens=10,
@@ -184,7 +184,7 @@ def _run_phase(backend, prompts, phase: str, **kw):
     finally:
         del backend.generate
     seconds = time.perf_counter() - started
-    tokens = sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results) + sum(len(g.ids) for g in forced.values())
+    tokens = generated_tokens(results, forced)
     ids = [[t.ids, a.ids if a else None] for t, a in results] + [[k, g.ids] for k, g in sorted(forced.items())]
     return tokens, seconds, calls, _digest(ids)
 

@@ -172,6 +172,11 @@ def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
     return prompts, results, thinking, natural, dict(zip(cuts, forced))
 
 
+def generated_tokens(results, forced) -> int:
+    """Every token `_generate_all` generated (thinking, natural answers, forced answers): what tokens/s counts."""
+    return sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results) + sum(len(g.ids) for g in forced.values())
+
+
 def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok):
     """Per-sample rows for every budget, graded (in parallel processes, each answer under a timeout)."""
     rows, items = [], []
@@ -258,8 +263,7 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
         started = time.perf_counter()
         prompts, results, thinking, natural, forced = _generate_all(cfg, backend, problems)
         gen_seconds = time.perf_counter() - started
-    gen_tokens = sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results) + sum(
-        len(g.ids) for g in forced.values())
+    gen_tokens = generated_tokens(results, forced)
     rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, backend.tok)
     summary = _summarise(cfg, spec, rows, backend.params or 0, gen_seconds, gen_tokens, mem.mb)
     summary["backend"] = backend.info
