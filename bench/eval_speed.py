@@ -36,9 +36,9 @@ Variants, `+`-joined (e.g. before+b100):
 --profile MODEL times the decoding loop of that model's thinking phase (one run, the first --threads value,
 the first --variants value) per decoding step: model forward (and inside it: KV-cache update, attention, MLP,
 norms, lm_head, causal mask), logits processors (temperature, top-p; with `draw`, the draw), transformers'
-draw (softmax + multinomial), stopping criteria, generate's bookkeeping (prepare_inputs_for_
-generation, _update_model_kwargs_for_generation) and the rest of the loop (torch.cat of input_ids, pad masking, Python). Timers are wrappers around those
-functions (CPU ops are synchronous, so the wall time between is theirs). --warm profiles after one whole
+draw (softmax + multinomial), stopping criteria, generate's bookkeeping (prepare_inputs_for_generation,
+_update_model_kwargs_for_generation) and the rest of the loop (torch.cat of input_ids, pad masking, Python).
+Timers are wrappers around those functions (CPU ops are synchronous, so the wall time between is theirs). --warm profiles after one whole
 thinking phase (steady state); --ops adds torch.profiler's top operators (the profiler slows the run).
 """
 
@@ -309,7 +309,8 @@ def profile(name: str, threads: int, variant: str, ops: bool, warm: bool) -> dic
         undo.append(t.wrap(cls, "update", "fwd.attention.cache_update"))
     modeling = importlib.import_module(type(model).__module__)  # the model's module imported create_causal_mask
     undo.append(t.wrap(modeling, "create_causal_mask", "fwd.causal_mask"))
-    undo.append(t.wrap(logits_process.LogitsProcessorList, "__call__", "logits processors (temperature, top-p[, draw])"))
+    undo.append(t.wrap(logits_process.LogitsProcessorList, "__call__",
+                       "logits processors (temperature, top-p[, draw])"))
     undo.append(t.wrap(stopping_criteria.StoppingCriteriaList, "__call__", "stopping criteria"))
     undo.append(t.wrap(torch, "multinomial", "transformers' draw (softmax + multinomial)"))
     undo.append(t.wrap(GU.nn.functional, "softmax", "transformers' draw (softmax + multinomial)"))
@@ -347,7 +348,8 @@ def profile(name: str, threads: int, variant: str, ops: bool, warm: bool) -> dic
     loop_s = state["generate_s"] - state["prefill_s"]
     named = sum(v for k, v in t.total.items() if not k.startswith("fwd."))  # forward and the parts outside it
     out = {"model": name, "threads": threads, "batch": batch, "variant": variant, "warm": warm,
-           "wall_s": round(wall, 3), "generate_s": round(state["generate_s"], 3), "prefill_s": round(state["prefill_s"], 3),
+           "wall_s": round(wall, 3), "generate_s": round(state["generate_s"], 3),
+           "prefill_s": round(state["prefill_s"], 3),
            "tokens": tokens, "tokens_per_s": round(tokens / wall), "page_faults": faults, "decode_steps": steps,
            "steps_per_batch": longest, "row_steps_decoded": slots,
            "useful_fraction (tokens / row-steps)": round(tokens / slots, 3),

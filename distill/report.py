@@ -296,7 +296,8 @@ def run(cfg: ReportConfig) -> Path:
     results = checks(res)
     lines += ["## Summary", *_table(["target", "met", "measured"],
                                     [[t, "yes" if ok else "**no**", v] for t, ok, v in results]), ""]
-    lines += _data_sections(root) + _eval_sections(res) + _filter_ablation_section(root, res) + _ablation_section(root) + _quantized_section(root)
+    lines += (_data_sections(root) + _eval_sections(res) + _filter_ablation_section(root, res)
+              + _ablation_section(root) + _quantized_section(root))
     atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
     out = stage_dir(cfg.runs_dir, cfg.run, "report")
     finish(out, "report", cfg, {"results": root / "eval" / "results.json"},

@@ -18,8 +18,8 @@ run: e2e
 runs_dir: {tmp_path / 'runs'}
 threads: 2
 problems: {{levels: {{chain: [1, 2], search: [1, 2]}}, train_per_task: 150, eval_per_task: 10}}
-init: {{arch: {{hidden_size: 48, num_hidden_layers: 2, intermediate_size: 96, num_attention_heads: 4, initializer_range: 0.1,
-               num_key_value_heads: 4}}}}
+init: {{arch: {{hidden_size: 48, num_hidden_layers: 2, intermediate_size: 96, num_attention_heads: 4,
+               num_key_value_heads: 4, initializer_range: 0.1}}}}
 sft: {{epochs: 2, lr: 3.0e-3, batch_size: 32, save_steps: 50, logging_steps: 5}}
 traces: {{n: 2, max_new_tokens: 64, max_answer_tokens: 8, batch_size: 64}}
 filter: {{keep_per_problem: 2}}
@@ -77,4 +77,5 @@ eval:
         assert yaml.safe_load((runs / stage / "config.yaml").read_text())["seed"] == seed
     problems = [json.loads(line)["problem"] for line in (runs / "problems" / "eval.jsonl").open()]
     assert (problems[0] == "1 1+1=?+1=?\n0 ?+1=?+1=?") == (seed == 0)  # each seed draws its own problems
-    assert all(b["flops_per_correct"] is None or b["flops_per_correct"] > 0 for m in res["models"] for b in m["budgets"])
+    assert all(b["flops_per_correct"] is None or b["flops_per_correct"] > 0
+               for m in res["models"] for b in m["budgets"])
