@@ -91,6 +91,10 @@ class EvalConfig:
     threads: NonNeg = 0
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
+    # one untimed pass over the first batch of problems before the timed one (models on this machine only; a
+    # remote server is not sent extra requests): a process's first pass allocates its buffers and was 10-18%
+    # slower, so the first model evaluated looked slower than it serves (bench/RESULTS.md, "the order bias")
+    warmup: bool = True
 
     def __post_init__(self):
         check_literals(self)
@@ -260,6 +264,8 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         G.stop_tokens(backend.tok)
+        if cfg.warmup and kind != "openai":  # each generation is seeded itself: the timed pass samples the same
+            _generate_all(cfg, backend, problems[:max(1, cfg.batch_size // cfg.n)])
         started = time.perf_counter()
         prompts, results, thinking, natural, forced = _generate_all(cfg, backend, problems)
         gen_seconds = time.perf_counter() - started

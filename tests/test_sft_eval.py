@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -82,3 +83,7 @@ def test_eval_results_schema_budgets_and_plots(built):
     for png in ("accuracy_vs_thinking.png", "accuracy_vs_cost.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert (out / "results.csv").read_text().count("\n") == 1 + 2 * 3
+    # the untimed warm-up pass (on by default) samples with the same seeds: the timed pass is unchanged by it
+    ev.run(dataclasses.replace(cfg, warmup=False))
+    cold = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [{**r, "latency_s": 0} for r in cold] == [{**r, "latency_s": 0} for r in rows]
