@@ -3,7 +3,7 @@ VENV    ?= .venv
 DISTILL := $(VENV)/bin/distill
 CONFIG  ?= eval/demo.yaml
 ARGS    ?=
-STUDENTS := students/demo-s.yaml students/demo-m.yaml students/demo-l.yaml
+STUDENTS := students/demo-s.yaml students/demo-l.yaml
 STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report quantize
 
 .PHONY: install install-vllm install-local demo demo-quantized ablation-gkd test bench clean grade $(STAGES)

@@ -1,6 +1,6 @@
 """Generation tokens/s of the demo's models the way `distill eval` generates, and where the time goes.
 
-    .venv/bin/python bench/eval_speed.py [--models teacher,student-s,student-m,student-l] [--threads 1,2]
+    .venv/bin/python bench/eval_speed.py [--models teacher,student-s,student-l] [--threads 1,2]
         [--variants before,base] [--phase thinking|eval] [--repeat 2] [--fresh]
     .venv/bin/python bench/eval_speed.py --profile student-s [--warm] [--ops] [--variants before]
 
@@ -57,7 +57,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("teacher", "student-s", "student-m", "student-l")
+MODELS = ("teacher", "student-s", "student-l")
 TEMPERATURE, TOP_P, SEED, N, BATCH, MAX_NEW = 0.6, 0.95, 0, 2, 200, 256
 ARGS = argparse.Namespace(models_dir=str(ROOT / "runs/demo/sft"), problems=str(ROOT / "runs/demo/problems/eval.jsonl"))
 
