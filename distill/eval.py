@@ -91,9 +91,11 @@ class EvalConfig:
     threads: NonNeg = 0
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
-    # one untimed pass over the first batch of problems before the timed one (models on this machine only; a
-    # remote server is not sent extra requests): a process's first pass allocates its buffers and was 10-18%
-    # slower, so the first model evaluated looked slower than it serves (bench/RESULTS.md, "the order bias")
+    # one untimed pass over the first batch of problems before the timed one, for transformers on CPU without
+    # a draft: there a process's first pass page-faults in its buffers and was 10-18% slower, so the first
+    # model evaluated looked slower than it serves (bench/RESULTS.md, "the order bias"). Not measured
+    # elsewhere; vLLM warms its engine at start, and a draft's one-prompt-at-a-time run would count the
+    # warm-up's draft tokens
     warmup: bool = True
 
     def __post_init__(self):
@@ -177,8 +179,10 @@ def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
 
 
 def generated_tokens(results, forced) -> int:
-    """Every token `_generate_all` generated (thinking, natural answers, forced answers): what tokens/s counts."""
-    return sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results) + sum(len(g.ids) for g in forced.values())
+    """Every token `_generate_all` generated (thinking, natural answers, forced answers): what tokens/s
+    counts."""
+    return (sum(len(t.ids) + (len(a.ids) if a else 0) for t, a in results)
+            + sum(len(g.ids) for g in forced.values()))
 
 
 def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok):
@@ -264,7 +268,9 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
         backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
                                 run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
         G.stop_tokens(backend.tok)
-        if cfg.warmup and kind != "openai":  # each generation is seeded itself: the timed pass samples the same
+        cpu = kind == "transformers" and backend.info["device"] == "cpu"
+        if cfg.warmup and cpu and not spec.get("draft"):
+            # each generation is seeded itself: the timed pass samples the same tokens
             _generate_all(cfg, backend, problems[:max(1, cfg.batch_size // cfg.n)])
         started = time.perf_counter()
         prompts, results, thinking, natural, forced = _generate_all(cfg, backend, problems)

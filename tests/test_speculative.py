@@ -5,6 +5,7 @@ transformers' defaults' (DynamicCache, TopPLogitsWarper), token for token."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -75,14 +76,20 @@ def test_cpu_generation_settings_sample_the_tokens_of_transformers_defaults(buil
 
 def test_eval_reports_acceptance_and_speedup(built, models, tmp_path):
     teacher, draft = models
-    out = ev.run(ev.EvalConfig(run="sp", runs_dir=str(tmp_path), problems=str(built / "t/problems/eval.jsonl"),
-                               models=[{"name": "teacher", "role": "teacher", "path": str(teacher),
-                                        "draft": str(draft)}],
-                               budgets=[8, 24], n=1, temperature=0.0, max_answer_tokens=6, limit=4, threads=2))
+    cfg = ev.EvalConfig(run="sp", runs_dir=str(tmp_path), problems=str(built / "t/problems/eval.jsonl"),
+                        models=[{"name": "teacher", "role": "teacher", "path": str(teacher),
+                                 "draft": str(draft)}],
+                        budgets=[8, 24], n=1, temperature=0.0, max_answer_tokens=6, limit=4, threads=2)
+    out = ev.run(dataclasses.replace(cfg, warmup=False))
+    cold = json.loads((out / "results.json").read_text())["models"][0]["cost"]["speculative"]
+    out = ev.run(cfg)
     m = json.loads((out / "results.json").read_text())["models"][0]
     spec = m["cost"]["speculative"]
     assert spec["draft"] == str(draft) and m["backend"]["draft"] == str(draft)
     assert 0 <= spec["acceptance_rate"] <= 1 and spec["proposed_tokens"] > 0
+    # the draft tokens of the eval run only: eval's warm-up (on by default) is not run with a draft
+    counts = ("proposed_tokens", "accepted_tokens")
+    assert [spec[k] for k in counts] == [cold[k] for k in counts]
     assert spec["tokens_per_s"] > 0 and spec["speedup_vs_target_alone"] > 0 and spec["speedup_prompts"] == 4
     assert spec["identical_to_target_alone"] is True
     from distill import report
