@@ -113,21 +113,22 @@ demo-quantized:
 
 # Ablation: the demo's largest student trained by SFT and by logit distillation (GKD, TRL's GKDTrainer: generalized
 # JSD to the teacher's distributions, on the student's own samples half the time) for the same training wall time,
-# from the same init and data; both evaluated like the demo, shown in runs/demo/report.md. After `make demo`. GKD's
-# max_steps = the SFT run's train_s / GKD's s/step in a short timing run (a step's cost depends on its sampling).
-ABLATION := runs_dir=runs/demo run=ablation model=runs/demo/init/student-l data=runs/demo/filter/teacher/train.jsonl
-GKD_ARGS ?= method=gkd teacher=runs/demo/sft/teacher/model trl.lmbda=0.5 trl.beta=0.5 trl.temperature=0.9 \
+# from the same init and data; both evaluated like the demo, shown in runs/$(RUN)/report.md. After `make demo`
+# (SEED=k: after `make demo SEED=k`, into runs/demo-seed<k>/ablation). GKD's max_steps = the SFT run's train_s / GKD's
+# s/step in a short timing run (a step's cost depends on its sampling).
+ABLATION = runs_dir=runs/$(RUN) run=ablation seed=$(SEED) model=runs/$(RUN)/init/student-l data=runs/$(RUN)/filter/teacher/train.jsonl
+GKD_ARGS ?= method=gkd teacher=runs/$(RUN)/sft/teacher/model trl.lmbda=0.5 trl.beta=0.5 trl.temperature=0.9 \
 	trl.max_new_tokens=240
 ablation-gkd:
-	rm -rf runs/demo/ablation
+	rm -rf runs/$(RUN)/ablation
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-sft
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=gkd-timing $(GKD_ARGS) trl.max_steps=40 save_steps=1000
-	steps=$$($(VENV)/bin/python -c 'import json; m = lambda n: json.load(open(f"runs/demo/ablation/sft/{n}/manifest.json")); \
+	steps=$$($(VENV)/bin/python -c 'import json; m = lambda n: json.load(open(f"runs/$(RUN)/ablation/sft/{n}/manifest.json")); \
 		s, t = m("student-l-sft"), m("gkd-timing"); print(round(s["timings"]["train_s"] * t["counts"]["steps"] / t["timings"]["train_s"]))') && \
 	echo "gkd: $$steps steps for the SFT run's training time" && \
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-gkd $(GKD_ARGS) trl.max_steps=$$steps
-	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/demo run=ablation problems=runs/demo/problems/eval.jsonl models='[{name: student-l-sft, role: student, path: runs/demo/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/demo/ablation/sft/student-l-gkd/model}]'
-	$(DISTILL) report --config eval/demo.yaml
+	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation seed=$(SEED) problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-l-sft, role: student, path: runs/$(RUN)/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/$(RUN)/ablation/sft/student-l-gkd/model}]'
+	$(DISTILL) report --config eval/demo.yaml $(R)
 
 test:
 	$(VENV)/bin/python -m pytest -q
