@@ -116,7 +116,8 @@ demo-quantized:
 # from the same init and data; both evaluated like the demo, shown in runs/$(RUN)/report.md. After `make demo`
 # (SEED=k: after `make demo SEED=k`, into runs/demo-seed<k>/ablation). GKD's max_steps = the SFT run's train_s / GKD's
 # s/step in a short timing run (a step's cost depends on its sampling).
-ABLATION = runs_dir=runs/$(RUN) run=ablation seed=$(SEED) model=runs/$(RUN)/init/student-l data=runs/$(RUN)/filter/teacher/train.jsonl
+ABLATION = runs_dir=runs/$(RUN) run=ablation seed=$(SEED) model=runs/$(RUN)/init/student-l \
+	data=runs/$(RUN)/filter/teacher/train.jsonl
 GKD_ARGS ?= method=gkd teacher=runs/$(RUN)/sft/teacher/model trl.lmbda=0.5 trl.beta=0.5 trl.temperature=0.9 \
 	trl.max_new_tokens=240
 ablation-gkd:

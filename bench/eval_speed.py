@@ -38,8 +38,9 @@ the first --variants value) per decoding step: model forward (and inside it: KV-
 norms, lm_head, causal mask), logits processors (temperature, top-p; with `draw`, the draw), transformers'
 draw (softmax + multinomial), stopping criteria, generate's bookkeeping (prepare_inputs_for_generation,
 _update_model_kwargs_for_generation) and the rest of the loop (torch.cat of input_ids, pad masking, Python).
-Timers are wrappers around those functions (CPU ops are synchronous, so the wall time between is theirs). --warm profiles after one whole
-thinking phase (steady state); --ops adds torch.profiler's top operators (the profiler slows the run).
+Timers are wrappers around those functions (CPU ops are synchronous, so the wall time between is theirs).
+--warm profiles after one whole thinking phase (steady state); --ops adds torch.profiler's top operators (the
+profiler slows the run).
 """
 
 from __future__ import annotations
