@@ -3,12 +3,13 @@
     .venv/bin/python bench/task_learnability.py distill:mix '{"steps": 200, "evals": [100, 150]}'
     .venv/bin/python bench/task_learnability.py task_variants:mixX '{"steps": 250, "threads": 1}'
 
-A character-level vocabulary (no tokenizer to train), a 0.3M-parameter Qwen2 (hidden 96, 2 layers) unless
-told otherwise, fresh problems for every batch (so it measures learning the procedure, not memorising a
-set), loss on the reasoning and answer only, AdamW lr 3e-3 with 30 warm-up steps and cosine decay, batch
-64. It prints the loss, then greedy accuracy by level on 200 problems drawn with another seed. The first
-argument is `module:generator`: `distill:<family>` or `distill:mix` for the built-in tasks, or a generator
-in bench/task_variants.py (the formats tried and dropped while designing them; see bench/RESULTS.md).
+A character-level vocabulary (no tokenizer to train), a 0.3M-parameter Qwen2 (hidden 96, 2 layers, init
+scale `ir` 0.02) unless told otherwise, fresh problems for every batch (so it measures learning the
+procedure, not memorising a set), loss on the reasoning and answer only, AdamW lr 3e-3 with 30 warm-up
+steps and cosine decay, batch 64. It prints the loss, then greedy accuracy by level on 200 problems drawn
+with another seed. The first argument is `module:generator`: `distill:<family>` or `distill:mix` for the
+built-in tasks, or a generator in bench/task_variants.py (the formats tried and dropped while designing
+them; see bench/RESULTS.md).
 """
 import importlib
 import json
@@ -39,10 +40,11 @@ def batch(gen, rng, bs):
         lab[i, len(p):len(s)] = torch.tensor(a)
     return ids, att, lab
 
-def model_of(h, l, inter=None, heads=4, seed=0):
+def model_of(h, l, inter=None, heads=4, seed=0, ir=0.02):
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=len(CHARS), hidden_size=h, num_hidden_layers=l, intermediate_size=inter or 4 * h,
                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512,
+                      initializer_range=ir,
                       tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=V["<e>"], bos_token_id=None)
     return Qwen2ForCausalLM(cfg)
 
@@ -70,9 +72,9 @@ def greedy(model, gen, rng, n=200, max_new=320):
     model.train()
     return correct / n, {k: round(sum(v) / len(v), 2) for k, v in sorted(bylev.items())}, ex
 
-def train(gen, h=96, l=2, steps=400, bs=64, lr=3e-3, warm=30, threads=2, evals=(), seed=0, log=True, inter=None, heads=4, b2=0.98, wd=0.0):
+def train(gen, h=96, l=2, steps=400, bs=64, lr=3e-3, warm=30, threads=2, evals=(), seed=0, log=True, inter=None, heads=4, b2=0.98, wd=0.0, ir=0.02):
     torch.set_num_threads(threads)
-    model = model_of(h, l, inter, heads, seed)
+    model = model_of(h, l, inter, heads, seed, ir)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, betas=(0.9, b2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / steps))))
