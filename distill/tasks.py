@@ -108,9 +108,57 @@ def search_check(p: dict, answer: int) -> bool:
     return 0 <= answer <= 9 and _run(answer, p["meta"]["adds"])[-1] == 0
 
 
+# --- recall: k rounds of two lookups in a fixed table of facts -----------------------------------------
+# Chain and search are procedures: once a model has the addition table and the copies it has every problem,
+# and the small students learned them all on some seeds and not on others (a student's accuracy was a sum
+# of a few on/off outcomes, bench/RESULTS.md). Recall is knowledge: 50 arbitrary facts "x then letter ->
+# digit", the same in every run, composed in chain's layout. The teacher and student-l hold all of them after
+# their steps; student-s mostly none, so it stays below student-l even on a seed where it learns every
+# procedure. With 200 facts (20 letters) no model learned any in the demo's steps.
+LETTERS = "abcde"
+_FACTS = random.Random("distill-recall-facts")
+TABLE = {c: _FACTS.sample(range(10), 10) for c in LETTERS}  # each letter a permutation of 0..9
+
+
+def _looks(x: int, ops: list[str]) -> list[int]:
+    out = []
+    for c in ops:
+        x = TABLE[c][x]
+        out.append(x)
+    return out
+
+
+def recall_make(rng: random.Random, level: int) -> dict:
+    """Start at x and do `level` rounds of "look up with c, then with d". Worksheet "k xc=?d=?"."""
+    if not 1 <= level <= 3:
+        raise UserError(f"recall: level must be 1..3, got {level}")
+    x, c, d, k = rng.randint(0, 9), rng.choice(LETTERS), rng.choice(LETTERS), level
+    meta = {"x": x, "ops": [c, d], "rounds": k}
+    return {"problem": f"{k} {x}{c}=?{d}=?\n{k - 1} ?{c}=?{d}=?", "answer": str(_recall_end(meta)),
+            "meta": meta}
+
+
+def _recall_end(m: dict) -> int:
+    return _looks(m["x"], m["ops"] * m["rounds"])[-1]
+
+
+def recall_solve(p: dict) -> str:
+    m, v, lines = p["meta"], p["meta"]["x"], []
+    for i in range(m["rounds"]):
+        r = _looks(v, m["ops"])
+        lines.append(f"{m['rounds'] - i} {v}" + "".join(f"{c}={y}" for c, y in zip(m["ops"], r)))
+        v = r[-1]
+    return "\n".join(lines)
+
+
+def recall_check(p: dict, answer: int) -> bool:
+    return answer == _recall_end(p["meta"])
+
+
 FAMILIES = {
     "chain": (chain_make, chain_solve, chain_check),
     "search": (search_make, search_solve, search_check),
+    "recall": (recall_make, recall_solve, recall_check),
 }
 
 
