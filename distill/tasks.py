@@ -66,13 +66,19 @@ def _chain_end(m: dict) -> int:
     return _run(m["x"], m["adds"] * m["rounds"])[-1]
 
 
-def chain_solve(p: dict) -> str:
-    """One line per round: rounds left, then the running sums; the last sum starts the next line."""
-    m, v, lines = p["meta"], p["meta"]["x"], []
-    for i in range(m["rounds"]):
-        lines.append(f"{m['rounds'] - i} {_sums(v, m['adds'])}")
-        v = _run(v, m["adds"])[-1]
+def _rounds(x: int, rounds: int, line, step) -> str:
+    """One line per round (chain, recall): rounds left, then the round's results written by `line(v)`; the last
+    result, `step(v)`, starts the next line."""
+    lines = []
+    for i in range(rounds):
+        lines.append(f"{rounds - i} {line(x)}")
+        x = step(x)
     return "\n".join(lines)
+
+
+def chain_solve(p: dict) -> str:
+    m = p["meta"]
+    return _rounds(m["x"], m["rounds"], lambda v: _sums(v, m["adds"]), lambda v: _run(v, m["adds"])[-1])
 
 
 def chain_check(p: dict, answer: int) -> bool:
@@ -128,6 +134,10 @@ def _looks(x: int, ops: list[str]) -> list[int]:
     return out
 
 
+def _facts(x: int, ops: list[str]) -> str:
+    return f"{x}" + "".join(f"{c}={y}" for c, y in zip(ops, _looks(x, ops)))
+
+
 def recall_make(rng: random.Random, level: int) -> dict:
     """Start at x and do `level` rounds of "look up with c, then with d". Worksheet "k xc=?d=?"."""
     if not 1 <= level <= 3:
@@ -143,12 +153,8 @@ def _recall_end(m: dict) -> int:
 
 
 def recall_solve(p: dict) -> str:
-    m, v, lines = p["meta"], p["meta"]["x"], []
-    for i in range(m["rounds"]):
-        r = _looks(v, m["ops"])
-        lines.append(f"{m['rounds'] - i} {v}" + "".join(f"{c}={y}" for c, y in zip(m["ops"], r)))
-        v = r[-1]
-    return "\n".join(lines)
+    m = p["meta"]
+    return _rounds(m["x"], m["rounds"], lambda v: _facts(v, m["ops"]), lambda v: _looks(v, m["ops"])[-1])
 
 
 def recall_check(p: dict, answer: int) -> bool:
