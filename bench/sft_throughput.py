@@ -85,11 +85,12 @@ def batches_and_args(cfg, steps: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from distill.artifacts import Fallbacks
-
     model = AutoModelForCausalLM.from_pretrained(cfg.model, attn_implementation="sdpa")
     tok = AutoTokenizer.from_pretrained(cfg.model)
-    optim = sft._pick_optim(cfg.optim, Fallbacks())  # what our stage resolves `optim` to on this machine
+    from distill import capabilities as caps
+
+    # what our stage resolves `optim` to on this machine
+    optim = caps.decide(caps.Wants(optim=cfg.optim), caps.probe({"bnb"}))["optimizer"].used
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length,
                          gradient_accumulation_steps=cfg.grad_accum, assistant_only_loss=True, packing=False,

@@ -166,14 +166,17 @@ def finish(out: Path, stage: str, cfg, inputs: dict[str, Path], counts: dict, st
     atomic_write_json(out / "manifest.json", manifest)
 
 
-def check_identity(saved: Path, ident: dict, what: str, fresh: str) -> bool:
+def check_identity(saved: Path, ident: dict, what: str, fresh: str, defaults: dict | None = None) -> bool:
     """Is the work recorded beside `saved` (an .identity.json) made with these settings and inputs? True if
     so, False if there is no record; otherwise a UserError saying what differs and how to start afresh: work
-    made another way is never resumed or kept silently (the stage's config.yaml would lie about it)."""
+    made another way is never resumed or kept silently (the stage's config.yaml would lie about it). A setting
+    added since the record was written (absent from it) matches when it has its default (`defaults`)."""
     if not saved.is_file():
         return False
     old = json.loads(saved.read_text())
-    differ = [k for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k)]
+    defaults = defaults or {}
+    differ = [k for k in sorted(set(old) | set(ident)) if old.get(k) != ident.get(k)
+              and not (k not in old and k in defaults and ident.get(k) == defaults[k])]
     if not differ:
         return True
     diff = ", ".join(f"{k} changed" if k.endswith("sha256") else f"{k}: {old.get(k)!r} -> {ident.get(k)!r}"

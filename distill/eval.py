@@ -25,7 +25,6 @@ import csv
 import io
 import json
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from pydantic import ConfigDict
 from typing_extensions import NotRequired, TypedDict
 
 from distill import backends, metrics, verify
+from distill import capabilities as caps
 from distill import generate as G
 from distill.artifacts import (
     Fallbacks,
@@ -48,6 +48,7 @@ from distill.artifacts import (
     write_jsonl,
 )
 from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
+from distill.memory import PeakMemory
 
 
 class ModelSpec(TypedDict):
@@ -89,8 +90,8 @@ class EvalConfig:
     limit: NonNeg = 0  # use only the first `limit` problems (0: all)
     seed: int = 0
     threads: NonNeg = 0
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    dtype: caps.Dtype = "auto"  # transformers backend: the weights as loaded (auto: the checkpoint's own)
+    attn_implementation: caps.Attention = "sdpa"  # transformers backend (distill/capabilities.py decides)
     # one untimed pass over the first batch of problems before the timed one, for transformers on CPU without
     # a draft: there a process's first pass page-faults in its buffers and was 10-18% slower, so the first
     # model evaluated looked slower than it serves (bench/RESULTS.md, "the order bias"). Not measured
@@ -124,39 +125,6 @@ class EvalConfig:
                              "thinking): eval needs openai.api=completions")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
-
-
-class PeakMemory:
-    """Peak resident memory above the baseline while the block runs (sampled; CUDA: the allocator's peak)."""
-
-    def __enter__(self):
-        import torch
-
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        import os
-
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _watch(self):
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc):
-        import torch
-
-        self._stop.set()
-        self._thread.join()
-        self.mb = (torch.cuda.max_memory_allocated() if self.cuda else self.peak - self.base) / 2**20
 
 
 def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):

@@ -48,8 +48,11 @@ def run(cfg: InitConfig) -> Path:
     if head_dim is None or head_dim % 2:
         raise UserError(f"init: arch: hidden_size {width} / num_attention_heads {heads} must give an even head size "
                         f"(rotary embeddings rotate pairs of dimensions)")
-    config = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         bos_token_id=None, **arch)
+    # the vocabulary is the tokenizer's, or larger (a model shaped like a real one's, for memory and speed)
+    if arch.get("vocab_size", len(tok)) < len(tok):
+        raise UserError(f"init: arch: vocab_size {arch['vocab_size']} is smaller than the tokenizer's {len(tok)}")
+    config = Qwen2Config(**{"vocab_size": len(tok), "pad_token_id": tok.pad_token_id,
+                            "eos_token_id": tok.eos_token_id, "bos_token_id": None, **arch})
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from distill import capabilities as caps
 from distill.artifacts import UserError, atomic_write_json, finish, stage_dir
-from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_choice, check_literals, check_positive
 
 GB = 1e9
 ENGINES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
@@ -48,16 +50,25 @@ class PlanConfig:
     optim: str = ""
     gradient_checkpointing: bool | None = None
     attn_implementation: str = ""
-    liger: bool | None = None  # Liger's fused linear + cross-entropy (default: training.trl.use_liger_kernel)
-    # mixed: bf16 compute, fp32 master weights and optimizer states (DeepSpeed, FSDP, the ZeRO paper);
-    # bf16: everything in bf16 (one GPU / DDP with a bf16-loaded model and torch AdamW); fp32: the CPU demo.
+    liger: bool | None = None  # Liger's kernels (default: training.trl.use_liger_kernel)
+    dtype: str = ""  # the weights as loaded (default: the training section's; auto: the checkpoint's own)
+    # How the bytes are kept. auto: from the engine, the weights' dtype and the mixed precision that will run.
+    # mixed: bf16 compute with fp32 master weights and optimizer states (DeepSpeed, FSDP, DDP over fp32 weights:
+    # 16 bytes per parameter, the ZeRO paper's); bf16: everything in the weights' half precision (one GPU / DDP
+    # over a bf16 checkpoint); fp32: no mixed precision over fp32 weights (the CPU demo).
     precision: Literal["auto", "mixed", "bf16", "fp32"] = "auto"
-    reserve: NonNegFloat = 2.0  # GB per GPU for the CUDA context, NCCL buffers and allocator fragmentation
+    # GB per GPU for the CUDA context, NCCL buffers and allocator fragmentation (on CPU: what a first training step
+    # costs beyond the model, ~0.05 GB measured, bench/plan_memory.py); default 2 on a GPU, 0.05 on CPU
+    reserve: NonNegFloat | None = None
 
     def __post_init__(self):
         check_literals(self)
         if not self.arch:
             raise ValueError("`arch` is required (the student's config.json)")
+        for key, literal in (("optim", caps.Optimizer), ("attn_implementation", caps.Attention),
+                             ("dtype", caps.Dtype)):
+            if getattr(self, key):
+                check_choice(key, getattr(self, key), typing.get_args(literal))
         check_positive("gpus", self.gpus)
         check_positive("gpu_memory", self.gpu_memory)
 
@@ -120,25 +131,51 @@ def model_states(params: int, gpus: int, engine: str, optim: str, precision: str
 
 
 def activations(a: dict, micro_batch: int, seq: int, act_bytes: int, attn: str, checkpointing: bool,
-                liger: bool) -> dict:
+                head: str = "logits", packed: bool = False) -> dict:
     """Bytes per GPU of what autograd keeps for backward, counted from what each op of a Qwen2 decoder layer
     saves (RMSNorm keeps its fp32 input, normalised and weighted outputs; q/k/v after RoPE, the attention output
-    and its contiguous copy for o_proj; SwiGLU keeps gate, silu(gate), up and their product)."""
+    and its contiguous copy for o_proj; SwiGLU keeps gate, silu(gate), up and their product).
+    attn: flash (no mask), sdpa (flash's memory plus the boolean mask transformers builds for padded or packed
+    rows: one per micro-batch, shared by the layers), eager (the b x heads x s x s probabilities per layer).
+    packed: padding-free rows (TRL's packing): the micro-batch is one row of micro_batch x seq tokens, so a mask
+    or eager's probabilities span all of them. head: see `loss_head`."""
     e, h, i = act_bytes, a["hidden"], a["intermediate"]
     kv = a["kv_heads"] * a["head_dim"]
     tokens = micro_batch * seq
+    rows, span = (1, tokens) if packed else (micro_batch, seq)
     norm = (4 + 2 * e) * h
     per_token = 2 * norm + 3 * e * h + 2 * e * kv + 4 * a["heads"] + 4 * e * i
     if attn == "eager":  # repeats k/v to every head and keeps the b x heads x s x s probabilities (fp32 + cast)
-        per_token += 2 * e * (h - kv) + (4 + (e if e != 4 else 0)) * a["heads"] * seq
+        per_token += 2 * e * (h - kv) + (4 + (e if e != 4 else 0)) * a["heads"] * span
     layer = per_token * tokens
     body = (a["layers"] * e * h * tokens + layer) if checkpointing else a["layers"] * layer
-    # The loss head at the start of backward: nothing saves the logits (the trainer drops the model output before
-    # backward), but cross-entropy keeps fp32 log-probabilities, and its backward holds them with their incoming
-    # and outgoing gradients: 3 x 4 bytes x vocab per token (the forward's logits + fp32 copy + log-probs,
-    # e + 8 bytes, is no more). Liger's fused linear cross-entropy works in chunks: ~hidden-sized buffers.
-    head = norm * tokens + (8 * h * tokens if liger else 12 * a["vocab"] * tokens)
-    return {"layers": body, "head": head, "total": body + head}
+    mask = rows * span * span if attn == "sdpa" else 0  # one byte per (query, key) pair
+    loss = norm * tokens + loss_head(a, tokens, e, head)
+    return {"layers": body, "mask": mask, "head": loss, "total": body + mask + loss}
+
+
+CPU_RESERVE = 0.05  # GB: a first sft step's fixed costs on CPU (thread pools, autograd, the dataset), measured
+
+# TRL's chunked log-prob kernel (trl/kernels/chunked_logprob.py): up to 4,096 tokens x 32,768 vocabulary columns
+# a tile.
+TILE_TOKENS, TILE_VOCAB = 4096, 32768
+
+
+def loss_head(a: dict, tokens: int, e: int, head: str) -> float:
+    """Bytes of the loss head at the start of backward.
+    logits: the model's own loss (what sft runs on CPU): nothing keeps the logits (the trainer drops the output
+    before backward), but cross-entropy keeps fp32 log-probabilities, and its backward holds them with their
+    incoming and outgoing gradients: 3 x 4 bytes x vocab per token.
+    chunked: TRL's fused LM head (SFTTrainer on GPU, Liger or not: TRL turns Liger's fused loss off): per token
+    its saved fp32 log-normaliser and entropy and int64 target (16 bytes), its fp32 outputs (log-prob, entropy,
+    top-1 flag: 9), the hidden states it gathers (e x hidden) and their fp32 gradient (4 x hidden); once, a
+    forward and a backward tile in the compute dtype and the fp32 gradient of the output embedding with its cast
+    copy ((4 + e) x vocab x hidden)."""
+    v, h = a["vocab"], a["hidden"]
+    if head == "logits":
+        return 12 * v * tokens
+    tile = min(tokens, TILE_TOKENS) * min(v, TILE_VOCAB)
+    return tokens * (25 + (e + 4) * h) + 2 * e * tile + (4 + e) * v * h
 
 
 def buffers(a: dict, engine: str, gpus: int, precision: str, reserve_gb: float) -> dict:
@@ -173,8 +210,17 @@ def deepspeed_estimate(a: dict, engine: str, gpus: int) -> float | None:
     return None
 
 
-def resolve(cfg: PlanConfig) -> dict:
-    """The training shape: overrides over the recipe's sft section over SftConfig's defaults."""
+def facts_for_plan():
+    """This machine's facts on a GPU; from a machine without one, the GPU the recipe is planned for, on which
+    every feature it asks for runs (a box without flash-attn plans itself when sft runs there)."""
+    import torch
+
+    return caps.probe({"flash", "liger", "bnb"}) if torch.cuda.is_available() else caps.ASSUMED_GPU
+
+
+def resolve(cfg: PlanConfig, facts: caps.Facts) -> dict:
+    """The training shape as it will run: overrides over the recipe's sft section over SftConfig's defaults,
+    each feature as `capabilities.decide` resolves it on a machine with these facts."""
     from distill.sft import SftConfig
 
     t = dict(cfg.training)
@@ -183,18 +229,33 @@ def resolve(cfg: PlanConfig) -> dict:
         sft = SftConfig(**t)
     except (TypeError, ValueError) as e:
         raise UserError(f"plan: training: {str(e).splitlines()[0]}") from None
-    shape = {"max_length": cfg.max_length or sft.max_length, "batch_size": cfg.batch_size or sft.batch_size,
-             "optim": cfg.optim or sft.optim, "attn": cfg.attn_implementation or sft.attn_implementation,
-             "checkpointing": sft.gradient_checkpointing if cfg.gradient_checkpointing is None
-             else cfg.gradient_checkpointing,
-             "liger": bool(sft.trl.get("use_liger_kernel")) if cfg.liger is None else cfg.liger}
-    shape["global_batch"] = cfg.global_batch or sft.batch_size * sft.grad_accum * cfg.gpus
+    wants = caps.Wants(attn=cfg.attn_implementation or sft.attn_implementation,
+                       liger=bool(sft.trl.get("use_liger_kernel")) if cfg.liger is None else cfg.liger,
+                       optim=cfg.optim or sft.optim, precision=caps.wanted_precision(sft.trl),
+                       dtype=cfg.dtype or sft.dtype, checkpoint_dtype=caps.checkpoint_dtype(cfg.arch),
+                       engine=cfg.engine, packed=bool(sft.trl.get("padding_free") or sft.trl.get("packing")))
+    choices = caps.decide(wants, facts)
+    used = {k: c.used for k, c in choices.items()}
     precision = cfg.precision
     if precision == "auto":
-        precision = "bf16" if cfg.engine == "ddp" else "mixed"
-    shape["precision"] = precision
-    shape["attn"] = "flash" if shape["attn"] in ("flash_attention_2", "flash_attention_3", "sdpa") else "eager"
-    return shape
+        half = used["dtype"] in ("bfloat16", "float16")
+        if used["precision"] == "fp32":
+            precision = "bf16" if half else "fp32"  # no autocast: the weights' own dtype throughout
+        else:
+            precision = "bf16" if cfg.engine == "ddp" and half else "mixed"
+    attn = used["attention"]
+    return {"max_length": cfg.max_length or sft.max_length, "batch_size": cfg.batch_size or sft.batch_size,
+            "optim": used["optimizer"], "liger": used["liger"] == "on", "precision": precision,
+            "checkpointing": sft.gradient_checkpointing if cfg.gradient_checkpointing is None
+            else cfg.gradient_checkpointing,
+            "global_batch": cfg.global_batch or sft.batch_size * sft.grad_accum * cfg.gpus,
+            "attn": "flash" if attn.startswith("flash") else attn,
+            # on GPU SFTTrainer's chunked head; on CPU sft computes the model's own loss (distill/sft.py)
+            "head": "chunked" if facts.cuda else "logits",
+            "packed": used["batching"] == "packed rows",
+            "reserve": cfg.reserve if cfg.reserve is not None else 2.0 if facts.cuda else CPU_RESERVE,
+            "machine": "this machine" if facts is not caps.ASSUMED_GPU else "a GPU with every feature it asks for",
+            "fallbacks": [f"{k}: {c.wanted} -> {c.used} ({c.reason})" for k, c in choices.items() if c.reason]}
 
 
 def estimate(a: dict, cfg: PlanConfig, shape: dict, micro_batch: int) -> dict:
@@ -203,9 +264,10 @@ def estimate(a: dict, cfg: PlanConfig, shape: dict, micro_batch: int) -> dict:
     ms = model_states(a["params"], cfg.gpus, cfg.engine, shape["optim"], shape["precision"])
     variants = {o: model_states(a["params"], cfg.gpus, cfg.engine, o, shape["precision"])["optimizer"]
                 for o in ("adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit")}
-    acts = {(attn, ck): activations(a, micro_batch, shape["max_length"], e, attn, ck, shape["liger"])["total"]
-            for attn in ("flash", "eager") for ck in (False, True)}
-    buf = buffers(a, cfg.engine, cfg.gpus, shape["precision"], cfg.reserve)
+    acts = {(attn, ck): activations(a, micro_batch, shape["max_length"], e, attn, ck, shape["head"],
+                                    shape["packed"])["total"]
+            for attn in ("flash", "sdpa", "eager") for ck in (False, True)}
+    buf = buffers(a, cfg.engine, cfg.gpus, shape["precision"], shape["reserve"])
     act = acts[(shape["attn"], shape["checkpointing"])]
     total = ms["weights"] + ms["gradients"] + ms["optimizer"] + act + sum(buf.values())
     return {"micro_batch": micro_batch, "model_states": ms, "optimizer_variants": variants,
@@ -244,7 +306,10 @@ def table(a: dict, cfg: PlanConfig, shape: dict, est: dict, fit: int, split: tup
                 "adamw_8bit": "adamw_bnb_8bit"}.get(shape["optim"], shape["optim"])
     lines = [(f"plan: {cfg.name}: {a['params'] / 1e9:.2f}B params, {cfg.gpus} GPU(s) x {cfg.gpu_memory:g} GB, "
              f"engine {cfg.engine}, precision {shape['precision']}, micro-batch {est['micro_batch']} x "
-             f"{shape['max_length']} tokens, optimizer {shape['optim']}"), f"{'per GPU':<62}{'GB':>8}",
+             f"{shape['max_length']} tokens{' packed' if shape['packed'] else ''}, optimizer {shape['optim']}, "
+             f"loss head {'TRL chunked' if shape['head'] == 'chunked' else 'full logits'}"),
+             f"as it runs on {shape['machine']}" + "".join(f"\n  {f}" for f in shape["fallbacks"]),
+             f"{'per GPU':<62}{'GB':>8}",
              f"{'weights' + (f' ({shard})' if w_split else ''):<62}{_gb(ms['weights'])}",
              f"{'gradients' + (f' ({shard})' if g_split else ''):<62}{_gb(ms['gradients'])}"]
     for o, v in est["optimizer_variants"].items():
@@ -254,8 +319,7 @@ def table(a: dict, cfg: PlanConfig, shape: dict, est: dict, fit: int, split: tup
         lines.append(f"{'  (optimizer states offloaded to host RAM, per GPU)':<62}{_gb(ms['host_optimizer'])}")
     for k, v in est["activations"].items():
         used = " <" if k == shape["attn"] + ("+checkpointing" if shape["checkpointing"] else "") else ""
-        lines.append(f"{'activations: ' + k + (' (Liger loss)' if shape['liger'] else ''):<62}"
-                     f"{_gb(v)}{used}")
+        lines.append(f"{'activations: ' + k:<62}{_gb(v)}{used}")
     for k, v in est["buffers"].items():
         lines.append(f"{'buffers: ' + k.replace('_', ' '):<62}{_gb(v)}")
     verdict = "fits" if est["total"] <= cfg.gpu_memory * GB else "DOES NOT FIT"
@@ -268,9 +332,10 @@ def table(a: dict, cfg: PlanConfig, shape: dict, est: dict, fit: int, split: tup
     return "\n".join(lines)
 
 
-def plan(cfg: PlanConfig) -> dict:
+def plan(cfg: PlanConfig, facts: caps.Facts | None = None) -> dict:
+    """The plan for a machine with these facts (sft passes its own; None: see facts_for_plan)."""
     a = architecture(load_arch(cfg.arch))
-    shape = resolve(cfg)
+    shape = resolve(cfg, facts or facts_for_plan())
     est = estimate(a, cfg, shape, shape["batch_size"])
     fit = largest_fit(a, cfg, shape)
     split = accumulation(shape["global_batch"], cfg.gpus, fit)

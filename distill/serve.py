@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill import backends, effort
+from distill import capabilities as caps
 from distill import generate as G
 from distill import openai_api as api
 from distill.artifacts import Fallbacks, UserError, log
@@ -65,8 +66,8 @@ class ServeConfig:
     top_p: Prob = 0.95
     seed: int = 0
     threads: NonNeg = 0
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    dtype: caps.Dtype = "auto"  # transformers backend: the weights as loaded (auto: the checkpoint's own)
+    attn_implementation: caps.Attention = "sdpa"  # transformers backend (distill/capabilities.py decides)
     run: str = "serve"  # backend=vllm/openai keep their caches under runs_dir/run
     runs_dir: str = "runs"
 

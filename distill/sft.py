@@ -2,14 +2,17 @@
 
 Loss is on assistant tokens only (TRL `assistant_only_loss`, which needs `{% generation %}` in the chat
 template). Batches are padded and grouped by length: on CPU, TRL's packing with padding_free is ~11x
-slower, because a packed row gets quadratic SDPA attention. flash-attention-2 and the bitsandbytes 8-bit
-AdamW are asked for by default and fall back (logged, recorded in the manifest) where they can't run.
+slower, because a packed row gets quadratic SDPA attention. What a recipe asks for (flash-attention-2, Liger,
+the bitsandbytes 8-bit or paged AdamW, bf16, packed rows) is decided for this machine by
+distill/capabilities.py before anything loads; each fallback is logged once and recorded in the manifest.
 Any other SFTConfig setting passes through under `trl:`. Resumes from its last complete checkpoint.
 `method: gkd` trains by logit distillation instead (TRL's GKDTrainer: generalized JSD to `teacher`'s
 next-token distributions, on the student's own samples for a share `lmbda` of the steps).
 Before any model is loaded, a recipe with a `plan:` section (and any run on GPU) is checked with
-`distill plan` for the launch it is in; a run that does not fit stops (exit 2) unless `force=true`.
-Under `accelerate launch` (DDP, FSDP, ZeRO; gloo on CPU) every rank trains and rank 0 alone writes artifacts.
+`distill plan` for the launch it is in and the model that will load; a run that does not fit stops (exit 2)
+unless `force=true`. The manifest records the plan's estimate beside the measured peak memory.
+Under `accelerate launch` (DDP, FSDP, ZeRO; gloo on CPU) every rank trains and rank 0 alone writes artifacts;
+the Trainer's arguments exist before the model loads, so ZeRO-3 partitions the weights as they load.
 Output: runs/<run>/sft/<name>/{model/, checkpoints/, log.jsonl, loss.png}.
 """
 
@@ -25,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill import backends
+from distill import backends, training
+from distill import capabilities as caps
 from distill.artifacts import (
     Fallbacks,
     UserError,
@@ -35,9 +39,9 @@ from distill.artifacts import (
     finish,
     sha256,
     stage_dir,
-    staging,
 )
 from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive
+from distill.memory import PeakMemory
 
 log = logging.getLogger("distill")
 
@@ -57,8 +61,9 @@ class SftConfig:
     batch_size: Pos = 16
     grad_accum: Pos = 1
     max_length: Pos = 2048
-    optim: str = "adamw_bnb_8bit"  # falls back to adamw_torch where bitsandbytes can't run
-    attn_implementation: str = "flash_attention_2"  # falls back to sdpa without CUDA
+    optim: caps.Optimizer = "adamw_bnb_8bit"  # falls back where bitsandbytes can't step (distill/capabilities.py)
+    attn_implementation: caps.Attention = "flash_attention_2"  # falls back to sdpa where it can't run
+    dtype: caps.Dtype = "auto"  # the weights as loaded (auto: the checkpoint's own)
     gradient_checkpointing: bool = False
     threads: NonNeg = 0  # torch threads (0: torch's default)
     logging_steps: Pos = 10
@@ -83,79 +88,49 @@ class SftConfig:
             check_positive(k, getattr(self, k))
 
 
-def _pick_optim(optim: str, fallbacks: Fallbacks) -> str:
-    """Use bitsandbytes' 8-bit optimizer if it can step here; otherwise fall back to torch AdamW."""
-    if "8bit" not in optim:
-        return optim
-    try:
-        import bitsandbytes as bnb
-        import torch
-
-        p = torch.nn.Parameter(torch.randn(64, 64, device="cuda" if torch.cuda.is_available() else "cpu"))
-        p.grad = torch.randn_like(p)
-        opt = bnb.optim.PagedAdamW8bit([p]) if optim.startswith("paged") else bnb.optim.AdamW8bit([p])
-        opt.step()
-        return optim
-    except Exception as e:  # ImportError, or no kernel for this device
-        fallbacks.add(optim, "adamw_torch", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-        return "adamw_torch"
+def _wants(cfg: SftConfig, engine: str, config_json: Path | None) -> caps.Wants:
+    return caps.Wants(attn=cfg.attn_implementation, liger=bool(cfg.trl.get("use_liger_kernel")), optim=cfg.optim,
+                      precision=caps.wanted_precision(cfg.trl), dtype=cfg.dtype,
+                      checkpoint_dtype=caps.checkpoint_dtype(config_json), engine=engine,
+                      packed=bool(cfg.trl.get("packing") or cfg.trl.get("padding_free")))
 
 
-def _load_model(path: str, attn: str, fallbacks: Fallbacks, settings: dict):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if attn == "flash_attention_2" and not torch.cuda.is_available():
-        fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
-        attn = "sdpa"
-    kw = backends.policy(settings)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **backends.tokenizer_kwargs(kw))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", attn_implementation=attn, **kw)
-    except OSError as e:
-        raise UserError(f"sft: cannot load model {path}: {str(e).splitlines()[0]}") from None
-    model.distill_loading = backends.loaded(model, kw)  # for the manifest
-    return model, tok
+def _needs(cfg: SftConfig) -> set[str]:
+    """The slower probes this run needs (capabilities.probe)."""
+    need = {"flash"} if cfg.attn_implementation.startswith("flash") else set()
+    need |= {"liger"} if cfg.trl.get("use_liger_kernel") else set()
+    need |= {"bnb"} if cfg.optim in caps.BNB else set()
+    return need | ({"deepspeed"} if training.launch()[1].startswith("zero") else set())
 
 
-def _launch() -> tuple[int, str]:
-    """(processes, engine) of the launch this process is in, read from what accelerate launch exports."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return world, "fsdp"
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
-        offload = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower() == "cpu"
-        return world, "zero3_offload" if stage == "3" and offload else f"zero{stage}"
-    return world, "ddp"
-
-
-def _check_memory(cfg: SftConfig) -> None:
+def _check_memory(cfg: SftConfig, facts: caps.Facts, choices: dict, config_json: Path | None) -> dict | None:
     """`distill plan` for this launch, before any weights are loaded: a run that cannot fit stops in a second
-    instead of after minutes of loading and an OOM. Engine and GPU count are the launch's (one plain process
-    is one GPU); the rest (gpu_memory, precision, reserve, ...) comes from the recipe's `plan:` section."""
-    import torch
-
+    instead of after minutes of loading and an OOM. It plans the model that will load (its own config.json)
+    with the features this machine runs (the capabilities); engine and GPU count are the launch's (one plain
+    process is one GPU); the rest (gpu_memory, precision, reserve, ...) comes from the recipe's `plan:`.
+    Returns the plan's estimate (for the manifest), None when nothing was planned."""
     from distill import plan
 
-    if not cfg.plan and not torch.cuda.is_available():
-        return  # the CPU demo: nothing to plan
+    if not cfg.plan and not facts.cuda:
+        return None  # the CPU demo: nothing to plan
     settings = {k: v for k, v in cfg.plan.items() if k != "training"}
-    gpus, engine = _launch()
+    gpus, engine = training.launch()[0], choices["engine"].used or choices["engine"].wanted
     settings |= {"name": cfg.name, "gpus": gpus, "engine": engine,
                  "training": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "plan"}}
-    if "gpu_memory" not in settings and torch.cuda.is_available():
-        settings["gpu_memory"] = torch.cuda.get_device_properties(0).total_memory / plan.GB
+    if facts.cuda:  # the device this runs on, whatever GPU the recipe was written for
+        import torch
+
+        settings["gpu_memory"] = torch.cuda.get_device_properties(facts.device).total_memory / plan.GB
     try:
-        if not settings.get("arch"):
-            settings["arch"] = cfg.model if Path(cfg.model).is_dir() else _hub_config(cfg.model)
-        p = plan.plan(plan.PlanConfig(**settings))
+        if config_json is not None:  # the model that will load, not the recipe's shipped architecture
+            settings["arch"] = str(config_json)
+        p = plan.plan(plan.PlanConfig(**settings), facts)
     except (TypeError, ValueError, AttributeError, UserError) as e:
         if cfg.plan:  # the recipe asked for the plan: its mistakes are the user's to fix
             raise UserError(f"sft: plan: {str(e).splitlines()[0]}") from None
         # planned only because this is a GPU: a model or optimizer the planner does not know must not stop it
         log.warning("sft: plan skipped: %s", str(e).splitlines()[0])
-        return
+        return None
     need, have = p["estimate"]["total"] / plan.GB, settings.get("gpu_memory", plan.PlanConfig.gpu_memory)
     line = (f"{need:.1f} GB per GPU of {have:g} ({gpus} x {engine}, micro-batch "
             f"{p['estimate']['micro_batch']}; largest that fits: {p['largest_micro_batch']})")
@@ -165,17 +140,8 @@ def _check_memory(cfg: SftConfig) -> None:
         log.warning("sft: plan: does NOT fit, going on (force=true): %s", line)
     else:
         raise UserError(f"sft: {cfg.name} does not fit: {line}; see `distill plan`, or force=true")
-
-
-def _hub_config(model: str) -> str:
-    """The config.json of a Hub model (a few kB), for the plan; the weights come later, if it fits."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(model, "config.json")
-    except Exception as e:  # offline, unknown repo, gated: no architecture to plan for
-        raise UserError(f"cannot get {model}'s config.json ({type(e).__name__}); "
-                        "give the recipe a `plan: {arch: <config.json>}`") from None
+    return {"gb": round(need, 3), "params": p["architecture"]["params"], "micro_batch": p["estimate"]["micro_batch"],
+            "largest_micro_batch": p["largest_micro_batch"], "shape": p["shape"]}
 
 
 def _last_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -183,17 +149,6 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
     saving leaves a checkpoint-N without it, which resume_from_checkpoint=True would pick and then fail on."""
     done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     return max(done, key=lambda p: int(p.name.rpartition("-")[2]), default=None)
-
-
-def _save(trainer, tok, dest: Path) -> None:
-    """Every rank calls save_model (ZeRO-3 and FSDP gather the sharded weights into rank 0 collectively); only
-    rank 0 writes, into a staging directory moved into place when complete."""
-    if not trainer.is_world_process_zero():
-        trainer.save_model(str(dest.parent / f".{dest.name}.partial"))  # joins the gather, writes nothing
-        return
-    with staging(dest) as tmp:
-        trainer.save_model(str(tmp))
-        tok.save_pretrained(tmp)
 
 
 def _dataset(path: Path):
@@ -239,30 +194,39 @@ def _identity(cfg: SftConfig, data: Path) -> dict:
 
 
 def run(cfg: SftConfig) -> Path:
-    import torch
-
     started = time.time()
-    _check_memory(cfg)
-    if cfg.threads > 0:
-        # `threads` is the machine's: the processes of one launch share it (two 2-thread trainings on 2 cores
-        # ran ~10x slower each than one)
-        torch.set_num_threads(max(1, cfg.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    fallbacks = Fallbacks()
-    if not torch.cuda.is_available() and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
-        # students/accelerate/*.yaml ask for bf16 (GPU configs); the Trainer would take it from the
-        # environment and autocast on CPU, slower than fp32 here and unlike a plain `distill sft`
-        fallbacks.add(f"{os.environ['ACCELERATE_MIXED_PRECISION']} mixed precision", "fp32", "no CUDA device")
-        os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
     for key in ("model", "teacher"):  # a path that is not a model folder: refused before anything loads
         if getattr(cfg, key):
             backends.check_local_dir(getattr(cfg, key), f"sft: {key}")
+    # What each asked-for feature becomes here, decided once (distill/capabilities.py), then the memory plan of
+    # what will run. The model's own config.json (a local folder's, else the recipe's shipped copy of the base's)
+    # gives the dtype `auto` loads.
+    config_json = (training.model_config(cfg.model) if Path(cfg.model).is_dir()
+                   else Path(cfg.plan["arch"]) if cfg.plan.get("arch") else None)
+    facts = caps.probe(_needs(cfg))
+    choices = caps.decide(_wants(cfg, training.launch()[1], config_json), facts)
+    planned = _check_memory(cfg, facts, choices, config_json)
+    if cfg.threads > 0:
+        import torch
+
+        # `threads` is the machine's: the processes of one launch share it (two 2-thread trainings on 2 cores
+        # ran ~10x slower each than one)
+        torch.set_num_threads(max(1, cfg.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    precision = choices["precision"].used
+    if choices["engine"].used != choices["engine"].wanted:  # fsdp on CPU: the launch trains DDP, said so
+        os.environ["ACCELERATE_USE_FSDP"] = "false"
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") not in ("no", precision):
+        # students/accelerate/*.yaml ask for bf16; the Trainer would take it from the environment (on CPU:
+        # autocast, slower than fp32 here and unlike a plain `distill sft`)
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "no" if precision == "fp32" else precision
     data_path = Path(cfg.data or stage_dir(cfg.runs_dir, cfg.run, "filter", "teacher") / "train.jsonl")
     dataset = _dataset(data_path)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
     ckpt_dir = out / "checkpoints"
     ident = _identity(cfg, data_path)
     # checkpoints and a trained model are kept only for the settings and inputs that made them
-    if check_identity(out / ".identity.json", ident, f"sft: {out}", f"delete {out} or give another name="):
+    if check_identity(out / ".identity.json", ident, f"sft: {out}", f"delete {out} or give another name=",
+                      defaults={f.name: f.default for f in dataclasses.fields(SftConfig)}):
         if (out / "manifest.json").is_file() and list((out / "model").glob("*.safetensors")):
             print(f"sft: up to date: {out / 'model'} was trained with these settings and inputs; nothing to do "
                   f"(to train again, delete {out} or give another name=)")
@@ -270,14 +234,14 @@ def run(cfg: SftConfig) -> Path:
     elif ckpt_dir.is_dir() and _last_checkpoint(ckpt_dir):
         raise UserError(f"sft: {ckpt_dir} holds checkpoints of an unknown run (no {out / '.identity.json'}); "
                         f"to start afresh, delete {out} or give another name=")
-    model, tok = _load_model(cfg.model, cfg.attn_implementation, fallbacks,
-                             backends.recipe_policy(cfg, cfg.revision))
+    fallbacks = Fallbacks()
+    caps.record(choices, fallbacks)  # logged once the inputs are good: a refusal is one line
+    cpu = not facts.cuda
     settings = dict(
         output_dir=str(ckpt_dir), num_train_epochs=cfg.epochs, learning_rate=cfg.lr, warmup_steps=cfg.warmup,
         lr_scheduler_type=cfg.scheduler, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_length=cfg.max_length, optim=_pick_optim(cfg.optim, fallbacks),
-        gradient_checkpointing=cfg.gradient_checkpointing, assistant_only_loss=True,
+        max_length=cfg.max_length, gradient_checkpointing=cfg.gradient_checkpointing, assistant_only_loss=True,
         # Padded batches (packing + padding_free is quadratic SDPA on CPU). "batch_rebalance" keeps the
         # optimizer batch a random sample while each micro-batch holds similar lengths (12.3k tok/s here vs
         # 7.0k random); "group_by_length" was faster (13.2k) but makes each step one task and level, and the
@@ -287,20 +251,33 @@ def run(cfg: SftConfig) -> Path:
         logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=1,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding", bf16=torch.cuda.is_available(),
+        include_num_input_tokens_seen="non_padding",
         # Without CUDA, processes started by torchrun (accelerate's multi-GPU launcher) join a gloo group only
         # when told they are on CPU; otherwise each trains alone, as rank 0 of 1, writing the same files.
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+        use_cpu=cpu, disable_tqdm=False,
         ddp_find_unused_parameters=False)  # every weight of a causal LM gets a gradient: no DDP graph walk
     if cfg.method == "gkd":
         # GKD's collator tokenizes the raw `messages` itself (prompt + completion), so there are no lengths
         # for batch_rebalance to read, and its loss covers the whole assistant turn anyway.
         settings |= {"train_sampling_strategy": "random", "assistant_only_loss": False}
-    trainer_cls, args = _trainer(cfg.method, settings | cfg.trl)  # `trl:` settings override ours
+    # `trl:` settings override ours; the capabilities' decisions override the recipe's asks they resolve
+    decided = {"optim": choices["optimizer"].used, "bf16": precision == "bf16", "fp16": precision == "fp16",
+               "use_liger_kernel": choices["liger"].used == "on"}
+    if choices["batching"].reason:
+        decided |= {"packing": False, "padding_free": False}
+    # The Trainer's arguments before the model: under accelerate's DeepSpeed ZeRO-3 they register the config
+    # that makes from_pretrained partition the weights as they load (each rank holds 1/N, never the whole).
+    trainer_cls, args = training.trainer(cfg.method, settings | cfg.trl | decided)
+    peak = PeakMemory(facts.device).start()  # from before the weights load, to compare with the plan
+    dtype = "auto" if cfg.dtype == "auto" and not choices["dtype"].reason else choices["dtype"].used
+    policy = backends.recipe_policy(cfg, cfg.revision)
+    model, tok = training.load_model(cfg.model, choices["attention"].used, dtype, policy)
     extra = {}
     if cfg.method == "gkd":
-        extra["teacher_model"] = _teacher(cfg, tok, fallbacks)
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok, **extra)
+        extra["teacher_model"] = _teacher(cfg, tok, choices["attention"].used, dtype)
+    timer = training.step_timer()
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[timer],
+                          **extra)
     main = trainer.is_world_process_zero()
     last = _last_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if main and not last:
@@ -309,7 +286,8 @@ def run(cfg: SftConfig) -> Path:
     if last and main:
         print(f"sft: resuming from {last}")
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    _save(trainer, tok, out / "model")
+    peak.stop()
+    training.save(trainer, tok, out / "model")
     if main:  # rank 0 alone writes the log, plot and manifest
         history = trainer.state.log_history
         losses = [h["loss"] for h in history if "loss" in h]
@@ -324,9 +302,15 @@ def run(cfg: SftConfig) -> Path:
                   "processes": args.world_size}
         models = {"model": cfg.model, "teacher": cfg.teacher}
         inputs = {"data": data_path} | {k: Path(v) for k, v in models.items() if v and Path(v).is_dir()}
+        # measured peak (this rank's GPU allocator, or this process's RSS above its level before training)
+        # beside the plan's estimate of it, when the run was planned
+        memory = {"peak_gb": round(peak.mb * 2**20 / 1e9, 3), "measured": "cuda allocator" if facts.cuda
+                  else "process RSS", "plan_gb": planned["gb"] if planned else None}
         finish(out, "sft", cfg, inputs, counts, started, fallbacks=fallbacks.items, optimizer=args.optim,
-               method=cfg.method, loading=model.distill_loading, timings={"train_s": round(train_s, 3),
-                                           "tokens_per_s": round(tokens / max(train_s, 1e-9), 1)})
+               method=cfg.method, loading=model.distill_loading, capabilities=caps.as_dict(facts, choices),
+               memory=memory, plan=planned, timings={"train_s": round(train_s, 3),
+                                                     "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
+                                                     **timer.steady()})
         print(f"sft: {cfg.name}: {trainer.state.global_step} steps ({cfg.method}, {args.world_size} "
               f"process(es)), loss {counts['first_loss']} -> {counts['final_loss']}, "
               f"{tokens / max(train_s, 1e-9):,.0f} tokens/s -> {out / 'model'}")
@@ -345,54 +329,10 @@ def run(cfg: SftConfig) -> Path:
     return out
 
 
-def _trainer(method: str, settings: dict):
-    """TRL's trainer and config for the method; GKDConfig extends SFTConfig, so every setting carries over."""
-    if method == "gkd":
-        from trl.experimental.gkd import GKDConfig as Config
-        from trl.experimental.gkd import GKDTrainer as Trainer
-    else:
-        from trl import SFTConfig as Config
-
-        Trainer = _sft_trainer()
-    try:
-        return Trainer, Config(**settings)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"sft: bad trl setting: {str(e).splitlines()[0]}") from None
-
-
-def _sft_trainer():
-    """TRL's SFTTrainer, with the model's own loss when training on CPU.
-
-    SFTTrainer (TRL 1.16) always computes the loss through a "fused LM head" it patches into the model
-    (chunked log-probs that never hold the logits, plus per-token entropy and top-1 accuracy for its
-    `entropy` and `mean_token_accuracy` logs); no setting turns it or those metrics off. On CUDA it is a
-    Triton kernel saving memory on large vocabularies; on CPU it runs as torch ops and cost the demo's
-    students ~25 ms of a 65-95 ms micro-batch (bench/RESULTS.md, sft_throughput). So on CPU the loss is
-    transformers' Trainer.compute_loss: the model's logits + cross-entropy summed over label tokens /
-    num_items_in_batch, the quantity TRL computes (equal to float rounding); TRL's `entropy`,
-    `mean_token_accuracy` and `num_tokens` (the Trainer's num_input_tokens_seen again), read by nothing
-    here, are then not logged. Other losses (dft, label smoothing, MoE aux loss) keep TRL's path."""
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class CpuLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if (return_outputs or not self.model.training or self.args.device.type != "cpu"
-                    or self.args.loss_type != "nll" or self.label_smoother is not None
-                    or self.compute_loss_func is not None or self.aux_loss_enabled):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # use_cache=False as TRL's own compute_loss sets: no KV cache is built in training
-            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False},
-                                        num_items_in_batch=num_items_in_batch)
-
-    return CpuLossSFTTrainer
-
-
-def _teacher(cfg: SftConfig, tok, fallbacks: Fallbacks):
+def _teacher(cfg: SftConfig, tok, attn: str, dtype: str):
     """The GKD teacher, held to the student's tokenizer: the divergence compares the two next-token
     distributions id by id, so an id must mean the same text in both (TRL's `gold` is for differing ones)."""
-    teacher, teacher_tok = _load_model(cfg.teacher, cfg.attn_implementation, fallbacks,
-                                       backends.recipe_policy(cfg))
+    teacher, teacher_tok = training.load_model(cfg.teacher, attn, dtype, backends.recipe_policy(cfg))
     if teacher_tok.get_vocab() != tok.get_vocab():
         raise UserError(f"sft: teacher {cfg.teacher} and student {cfg.model} have different tokenizers; "
                         "gkd needs the same one")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill import backends, tasks
+from distill import capabilities as caps
 from distill import generate as G
 from distill.artifacts import Fallbacks, UserError, check_identity, finish, read_jsonl, stage_dir, write_jsonl
 from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
@@ -52,8 +53,8 @@ class TracesConfig:
     chunk: Pos = 256  # samples written (and fsynced) together
     seed: int = 0
     threads: NonNeg = 0  # torch threads (0: torch's default)
-    dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    dtype: caps.Dtype = "auto"  # transformers backend: the weights as loaded (auto: the checkpoint's own)
+    attn_implementation: caps.Attention = "sdpa"  # transformers backend (distill/capabilities.py decides)
 
     def __post_init__(self):
         check_literals(self)

@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill.cli import STAGES, _config_class
 from distill.config import build, load_recipe
@@ -65,3 +66,45 @@ def test_accelerate_configs_load(engine):
     if engine == "fsdp":
         assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen2DecoderLayer"
         assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+# What each shipped recipe asks for falls back to on this CPU, decided by distill/capabilities.py.
+CPU_FALLBACKS = {"flash_attention_2": "sdpa", "Liger kernels": "off", "paged_adamw_8bit": "adamw_bnb_8bit",
+                 "bf16 mixed precision": "fp32", "packed rows": "padded rows"}
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_recipe_trains_as_shipped_on_cpu(name, built, tmp_path):
+    """Every student recipe, as shipped, with a tiny local model in place of its base: packing, padding_free,
+    gradient checkpointing, Liger, paged 8-bit AdamW, bf16 and flash-attention each run or fall back, logged
+    once and in the manifest, and the plan plans the model that loads (not the recipe's 1.5B-32B)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import distill
+    from .test_sft_eval import _data
+
+    data = _data(built) / "train.jsonl"
+    tiny = built / "t" / "init" / "tiny"
+    proc = distill("sft", "--config", f"students/{name}.yaml", f"model={tiny}", f"data={data}", "trl.max_steps=2",
+                   f"runs_dir={tmp_path}")
+    out = tmp_path / "qwen" / "sft" / name
+    m = json.loads((out / "manifest.json").read_text())
+    assert {f["wanted"]: f["used"] for f in m["fallbacks"]} == CPU_FALLBACKS
+    for wanted in CPU_FALLBACKS:  # each logged once
+        assert proc.stderr.count(f"fallback: {wanted} ->") == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert m["counts"]["steps"] == 2 and m["optimizer"] == "adamw_bnb_8bit"
+    used = {k: v["used"] for k, v in m["capabilities"]["decisions"].items()}
+    assert used == {"attention": "sdpa", "liger": "off", "optimizer": "adamw_bnb_8bit", "precision": "fp32",
+                    "dtype": "float32", "engine": "ddp", "batching": "padded rows"}
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["trl"]["packing"] and cfg["trl"]["padding_free"] and cfg["gradient_checkpointing"]
+    # planned: the tiny model that loaded, with this machine's features, on one process
+    assert m["plan"]["shape"]["attn"] == "sdpa" and m["plan"]["shape"]["head"] == "logits"
+    assert not m["plan"]["shape"]["packed"]
+    assert m["plan"]["params"] == 19_552 and m["plan"]["gb"] < 80
+    assert m["memory"]["peak_gb"] > 0
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config._attn_implementation == "sdpa" and model.num_parameters() == 19_552

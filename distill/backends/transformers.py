@@ -165,10 +165,7 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
     check_local_dir(path)
     # a bitsandbytes 8-bit model (distill quantize) warns of its fp16 cast on every forward pass
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    if attn == "flash_attention_2" and not torch.cuda.is_available():
-        if fallbacks is not None:
-            fallbacks.add("flash_attention_2", "sdpa", "no CUDA device")
-        attn = "sdpa"
+    attn, dtype = _capable(path, attn, dtype, fallbacks)
     kw = policy(settings)
     try:
         tok = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs(kw))
@@ -185,6 +182,22 @@ def load(path: str, *, settings: dict, fallbacks, dtype: str = "auto", attn: str
     backend = TransformersBackend(model, tok, batch_size, draft, settings.get("draft"))
     backend.info["loading"] = loaded(model, kw)
     return backend
+
+
+def _capable(path: str, attn: str, dtype: str, fallbacks) -> tuple[str, str]:
+    """The attention and dtype this machine runs for the asked ones (distill/capabilities.py), the fallbacks
+    logged once and recorded. A local checkpoint's config.json says what dtype `auto` loads."""
+    from pathlib import Path
+
+    from distill import capabilities as caps
+    from distill.artifacts import Fallbacks
+
+    ckpt = caps.checkpoint_dtype(path) if (Path(path) / "config.json").is_file() else None
+    facts = caps.probe({"flash"} if attn.startswith("flash") else set())
+    choices = caps.decide(caps.Wants(attn=attn, dtype=dtype, checkpoint_dtype=ckpt or "float32"), facts)
+    picked = {"attention": choices["attention"]} | ({"dtype": choices["dtype"]} if ckpt else {})
+    caps.record(picked, fallbacks if fallbacks is not None else Fallbacks())
+    return choices["attention"].used, dtype if not ckpt or not choices["dtype"].reason else choices["dtype"].used
 
 
 def _load_error(e: OSError) -> str:
