@@ -6,12 +6,12 @@ ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-l.yaml
 STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report quantize
 
-.PHONY: install install-vllm install-local demo demo-quantized ablation-gkd test bench clean grade $(STAGES)
+.PHONY: install install-vllm install-local demo demo-quantized ablation-gkd gpu-check test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,deepspeed]'
 	@$(DISTILL) --help > /dev/null && echo "installed: $(DISTILL)"
 
 # vLLM pins its own torch and an older transformers, so it lives in its own venv beside .venv, with distill
@@ -130,6 +130,12 @@ ablation-gkd:
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-gkd $(GKD_ARGS) trl.max_steps=$$steps
 	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation seed=$(SEED) problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-l-sft, role: student, path: runs/$(RUN)/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/$(RUN)/ablation/sft/student-l-gkd/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
+
+# Before a long run on a new GPU box: what each recipe feature becomes here, then the 1.5B and 7B recipes trained a few
+# steps with random weights (tokens/s, MFU, measured peak memory against the plan) and batched generation tokens/s.
+# Nothing is downloaded. ARGS="steps=5 recipes=[students/qwen2.5-1.5b.yaml]" narrows it; runs/gpu-check/report.md.
+gpu-check:
+	$(DISTILL) gpu-check $(ARGS)
 
 test:
 	$(VENV)/bin/python -m pytest -q

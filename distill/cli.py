@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import errno
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ STAGES = {
     "chat": ("distill.chat", "ChatConfig"),
     "publish": ("distill.publish", "PublishConfig"),
     "quantize": ("distill.quantize", "QuantizeConfig"),
+    "gpu-check": ("distill.gpucheck", "GpuCheckConfig"),  # not a pipeline stage: a check of this machine
 }
 
 
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("DISTILL_LOG", "INFO"), format="%(levelname)s %(message)s")
     for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if "DS_ACCELERATOR" not in os.environ and importlib.util.find_spec("deepspeed"):
+        import torch
+
+        if not torch.cuda.is_available():  # DeepSpeed's own detection warns on every import without a GPU
+            os.environ["DS_ACCELERATOR"] = "cpu"
     from distill.config import build, load_recipe, parse_overrides
 
     try:

@@ -41,8 +41,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str]) -> list[str]:
-    return [ACCELERATE, "launch", "--config_file", str(ROOT / "students" / "accelerate" / "ddp.yaml"),
+def _launch(args: list[str], engine: str = "ddp") -> list[str]:
+    return [ACCELERATE, "launch", "--config_file", str(ROOT / "students" / "accelerate" / f"{engine}.yaml"),
             "--num_processes", "2", "--main_process_port", str(_free_port()),
             "-m", "distill.cli", "sft", *args]
 
@@ -143,3 +143,40 @@ def test_two_processes_resume_after_kill(recipe, built, two):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=RTOL), step
     w1, w2 = load_file(full / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
     assert all(torch.allclose(w1[k], w2[k], rtol=1e-3, atol=1e-5) for k in w1)
+
+
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_deepspeed_zero_trains_on_two_cpu_processes_and_saves_one_model(engine, recipe, built):
+    """students/accelerate/zero{2,3}.yaml as shipped, through DeepSpeed's CPU accelerator on gloo. Under ZeRO-3
+    the Trainer's arguments exist before the model loads, so each rank loads only its partition of the weights;
+    the save gathers them into one safetensors folder that from_pretrained loads."""
+    from transformers import AutoModelForCausalLM
+
+    name = f"{engine}-2"
+    proc = subprocess.run(_launch(["--config", recipe, f"name={name}", "batch_size=8", "optim=adamw_torch"], engine),
+                          capture_output=True, check=False, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = built / "t" / "sft" / name
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["processes"] == 2 and m["counts"]["steps"] == STEPS
+    assert m["capabilities"]["decisions"]["engine"]["used"] == engine
+    assert m["loading"]["partitioned"] is (engine == "zero3")
+    losses = _losses(out)
+    assert losses[STEPS]["loss"] < losses[1]["loss"]
+    tiny = AutoModelForCausalLM.from_pretrained(built / "t" / "init" / "tiny")
+    model, info = AutoModelForCausalLM.from_pretrained(out / "model", output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    trained = dict(model.named_parameters())
+    for k, p in tiny.named_parameters():
+        assert trained[k].shape == p.shape and not torch.equal(trained[k], p), k
+
+
+def test_fsdp_on_cpu_trains_ddp_and_says_so(recipe, built):
+    """accelerate builds FSDP from its GPU launch modes only: on CPU the fsdp.yaml launch trains DDP (its
+    cpu_ram_efficient_loading would fail there). The fallback is logged once per rank and in the manifest."""
+    proc = subprocess.run(_launch(["--config", recipe, "name=fsdp-2", "batch_size=8"], "fsdp"),
+                          capture_output=True, check=False, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((built / "t" / "sft" / "fsdp-2" / "manifest.json").read_text())
+    assert m["counts"]["processes"] == 2 and m["counts"]["steps"] == STEPS
+    assert {"wanted": "fsdp", "used": "ddp", "reason": "accelerate runs FSDP on GPUs only"} in m["fallbacks"]
