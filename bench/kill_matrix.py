@@ -93,13 +93,18 @@ def out_dir(runs: Path, run: str, stage: str) -> Path:
     return runs / run / "eval" if stage == "eval" else runs / run / stage / "k"
 
 
-def kill_after(args: list[str], delay: float) -> bool:
-    """Start the stage in its own session, SIGKILL the whole group after `delay` s. True if it was still
-    running (killed mid-run), False if it had finished before."""
+def kill_after(args: list[str], delay: float, ready=None) -> bool:
+    """Start the stage in its own session, SIGKILL the whole group after `delay` s, or (with `ready`, a
+    function of nothing) as soon as ready() is true. True if it was still running (killed mid-run), False if
+    it had finished before."""
     proc = subprocess.Popen([sys.executable, "-m", "distill.cli", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=delay)
+    if ready is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=delay)
+    else:
+        while proc.poll() is None and not ready():
+            time.sleep(0.005)
     with contextlib.suppress(ProcessLookupError):  # the group is gone if the stage and its workers are done
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -194,13 +199,21 @@ def compare(stage: str, out: Path, ref: Path) -> tuple[bool, str]:
     return same_bytes, "; ".join(bad)
 
 
+def has_partial_state(stage: str, out: Path) -> bool:
+    """Resumable work on disk and the stage not done: rows in traces' log, a complete sft checkpoint."""
+    left = partial_state(stage, out)
+    return left not in ("nothing", "finished", "no complete checkpoint", "0 rows")
+
+
 def kill_and_resume(stage: str, runs: Path, base: Path, seed: int, duration: float,
-                    size: str = "bench") -> dict:
+                    size: str = "bench", at_partial_state: bool = False) -> dict:
+    """Kill a run of the stage at a random moment (or, with at_partial_state, as soon as it has resumable
+    work on disk), re-run it, and compare with the reference."""
     run = f"k{seed}"
     args = stage_args(stage, runs, base, run, size)
     delay = random.Random(seed).uniform(0.0, duration)
     out = out_dir(runs, run, stage)
-    mid = kill_after(args, delay)
+    mid = kill_after(args, delay, (lambda: has_partial_state(stage, out)) if at_partial_state else None)
     rec = {"stage": stage, "seed": seed, "delay_s": round(delay, 3), "mid_run": mid,
            "left": partial_state(stage, out), "half_written": half_written(stage, out)}
     started = time.perf_counter()

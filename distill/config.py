@@ -108,6 +108,12 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
         raise UserError(f"{_where(str(e).split()[0].split('=')[0], source, stage, section, overrides)}: {e}") from None
 
 
+def defaults(cls) -> dict:
+    """Each field's default value (a default_factory called), for a record made before the field existed."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)}
+
+
 def _with_run(value, run: str):
     """`{run}` replaced by the run's name in every text value, also inside lists and mappings."""
     if isinstance(value, str):

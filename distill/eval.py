@@ -47,7 +47,7 @@ from distill.artifacts import (
     staging,
     write_jsonl,
 )
-from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, Prob, check_literals, check_positive
 from distill.memory import PeakMemory
 
 
@@ -83,7 +83,8 @@ class EvalConfig:
     min_thinking: NonNeg = 0  # s1 extension: a thinking closed before this many tokens is told to `wait`
     wait: str = "Wait"
     max_waits: NonNeg = 2  # extensions per sample at most
-    grade_processes: Pos = 2
+    grade_processes: Pos = 2  # math-verify worker processes (problems that are not built-in tasks)
+    grade_timeout: PosFloat = 5.0  # seconds per answer; a grading that takes longer counts wrong (and is counted)
     max_answer_tokens: Pos = 32
     batch_size: Pos = 64
     price_per_hour: NonNegFloat = 0.10  # $ per hour of the machine the models are served on
@@ -169,8 +170,11 @@ def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok
                          "forced": was_forced, "within_budget": natural[i] and len(thinking[i]) <= b,
                          "answer": text, "answer_tokens": len(gen.ids), "prompt_tokens": len(prompts[i]),
                          "latency_s": think.seconds + gen.seconds})
-    for row, (correct, extracted) in zip(rows, verify.grade_problems(items, processes=cfg.grade_processes)):
+    graded = verify.grade_problems(items, processes=cfg.grade_processes, timeout_s=cfg.grade_timeout)
+    for row, (correct, extracted, error) in zip(rows, graded, strict=True):
         row["correct"], row["extracted"] = correct, extracted
+        if error:  # a timeout or a failure of the grader: counted wrong, and counted (summary "grading")
+            row["grade_error"] = error
     return rows
 
 
@@ -211,6 +215,8 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
                    "scaling": metrics.s1_scaling([(b["mean_thinking_tokens"], b["accuracy"]) for b in budgets]),
                    "performance": max(b["accuracy"] for b in budgets)},
             "accuracy_by_task_level": {k: statistics.mean(v) for k, v in sorted(by_task.items())},
+            # gradings that timed out or failed, over every budget (each such answer counted wrong)
+            "grading": verify.grading_errors([r.get("grade_error") for r in rows]),
             "cost": {"tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
                      "latency_p50_s": lat[len(lat) // 2], "latency_p95_s": lat[min(len(lat) - 1,
                                                                                      int(0.95 * len(lat)))],

@@ -71,17 +71,18 @@ def _truncated(r: dict) -> bool:
     return r["finish_reason"] != "stop" or not r["answer"]
 
 
-def _grade(cfg, traces: list[dict], problems: dict, contaminated: set) -> tuple[list[bool | None], Counter]:
+def _grade(cfg, traces: list[dict], problems: dict, contaminated: set) -> tuple[list[bool | None], Counter, dict]:
     """Correct or not for every sample that reaches the check (None for the others), all graded in one
-    batch; and how many each grader judged (`task`: a built-in task's checker, `math-verify`: the rest)."""
+    batch; how many each grader judged (`task`: a built-in task's checker, `math-verify`: the rest); and how
+    many gradings timed out or failed (those samples count as wrong)."""
     todo = [i for i, r in enumerate(traces) if r["problem_id"] not in contaminated and not _truncated(r)]
     items = [(problems[traces[i]["problem_id"]], traces[i]["answer"]) for i in todo]
     graders = Counter("task" if p.get("task") in tasks.FAMILIES else "math-verify" for p, _ in items)
     correct: list[bool | None] = [None] * len(traces)
     results = verify.grade_problems(items, processes=cfg.grade_processes, timeout_s=cfg.grade_timeout)
-    for i, (ok, _) in zip(todo, results, strict=True):
+    for i, (ok, _, _) in zip(todo, results, strict=True):
         correct[i] = bool(ok)
-    return correct, graders
+    return correct, graders, verify.grading_errors([e for _, _, e in results])
 
 
 def _verdict(cfg, r: dict, correct: bool | None) -> str | None:
@@ -131,7 +132,7 @@ def run(cfg: FilterConfig) -> Path:
         raise UserError(f"{tr_path}: problem {orphans[0]!r} is not in {pr_path} ({len(orphans)} such samples)")
 
     contaminated, overlaps = _contaminated(cfg, problems, traces)
-    correct, graders = _grade(cfg, traces, problems, contaminated)
+    correct, graders, grading = _grade(cfg, traces, problems, contaminated)
     dropped, anyway, by_problem = Counter(), Counter(), {}
 
     def drops(reason: str, n: int = 1) -> bool:
@@ -176,6 +177,7 @@ def run(cfg: FilterConfig) -> Path:
         "kept_anyway": {k: anyway.get(k, 0) for k in REASONS if k not in cfg.drop},
         "correct_rate": round(1 - sum(dropped[k] + anyway[k] for k in ("truncated", "wrong")) / max(judged, 1), 4),
         "graded_by": dict(sorted(graders.items())),  # samples each grader judged (truncated ones are not)
+        "grading_failed": grading,  # gradings that timed out or failed: those samples were dropped as wrong
         "problems_with_a_kept_sample": len(per_problem),
         "yield_per_problem": dict(sorted(Counter(per_problem.get(p, 0) for p in traced).items())),
         "kept_thinking_tokens": _histogram([r["thinking_tokens"] for r in kept]),

@@ -40,7 +40,7 @@ from distill.artifacts import (
     sha256,
     stage_dir,
 )
-from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive, defaults
 from distill.memory import PeakMemory
 
 log = logging.getLogger("distill")
@@ -226,7 +226,7 @@ def run(cfg: SftConfig) -> Path:
     ident = _identity(cfg, data_path)
     # checkpoints and a trained model are kept only for the settings and inputs that made them
     if check_identity(out / ".identity.json", ident, f"sft: {out}", f"delete {out} or give another name=",
-                      defaults={f.name: f.default for f in dataclasses.fields(SftConfig)}):
+                      defaults=defaults(SftConfig)):
         if (out / "manifest.json").is_file() and list((out / "model").glob("*.safetensors")):
             print(f"sft: up to date: {out / 'model'} was trained with these settings and inputs; nothing to do "
                   f"(to train again, delete {out} or give another name=)")

@@ -24,7 +24,7 @@ from distill import backends, tasks
 from distill import capabilities as caps
 from distill import generate as G
 from distill.artifacts import Fallbacks, UserError, check_identity, finish, read_jsonl, stage_dir, write_jsonl
-from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive, defaults
 
 
 @dataclass
@@ -79,9 +79,11 @@ def _resume(path: Path) -> set[tuple[str, int]]:
     return {(r["problem_id"], r["sample"]) for r in read_jsonl(path)}
 
 
-# what a sample depends on: a log made with other values of these is not resumed (n and limit may grow)
+# what a sample depends on: a log made with other values of these is not resumed (n and limit may grow). The
+# seeds follow the batches and chunks (a batch's seed is the chunk's plus its index), and the dtype, the
+# attention kernel and the engine's settings change the logits.
 SHAPING = ("backend", "model", "revision", "temperature", "top_p", "top_k", "max_new_tokens", "max_answer_tokens", "seed",
-           "openai")
+           "openai", "vllm", "llama_cpp", "batch_size", "chunk", "dtype", "attn_implementation")
 
 
 def _identity(cfg, src: Path) -> dict:
@@ -96,10 +98,11 @@ def _identity(cfg, src: Path) -> dict:
 
 
 def _check_resume(path: Path, ident: dict) -> None:
-    """A log is resumed only by the settings that made it."""
+    """A log is resumed only by the settings that made it (one recorded before a setting joined SHAPING
+    matches that setting's default)."""
     if path.exists():
         check_identity(path.parent / ".identity.json", ident, f"traces: {path}",
-                       f"delete {path.parent} or give another name=")
+                       f"delete {path.parent} or give another name=", defaults=defaults(TracesConfig))
 
 
 def _append(path: Path, rows: list[dict], ident: dict | None = None) -> None:

@@ -355,20 +355,28 @@ def grade_many(items, processes: int = 2, timeout_s: float = 5.0) -> list[tuple[
     return [(correct, extracted) for correct, extracted, _ in grade_all(items, processes, timeout_s)]
 
 
-def grade_problems(items, processes: int = 2, timeout_s: float = 5.0) -> list[tuple[bool, str | None]]:
-    """(correct, extracted) per (problem, answer_text) pair, answer_text already split from the thinking
-    (None: no answer). Built-in tasks are checked here; the rest go through grade_many."""
+def grade_problems(items, processes: int = 2, timeout_s: float = 5.0) -> list[tuple[bool, str | None, str | None]]:
+    """(correct, extracted, error) per (problem, answer_text) pair, answer_text already split from the thinking
+    (None: no answer). Built-in tasks are checked here; the rest go through grade_all, whose timeouts and
+    failures come back as wrong with their `error` ("timeout after 5s", "ValueError: ..."), for the callers
+    to count."""
     out: list = [None] * len(items)
     todo = []
     for i, (problem, text) in enumerate(items):
         if text is None:
-            out[i] = (False, None)
+            out[i] = (False, None, None)
         elif problem.get("task") in tasks.FAMILIES:
             value = tasks.extract_int(text)
-            out[i] = (tasks.check(problem, text), None if value is None else str(value))
+            out[i] = (tasks.check(problem, text), None if value is None else str(value), None)
         else:
             todo.append(i)
     jobs = [(items[i][1], str(items[i][0]["answer"]), items[i][0].get("answer_type", "math")) for i in todo]
-    for i, result in zip(todo, grade_many(jobs, processes, timeout_s), strict=True):
+    for i, result in zip(todo, grade_all(jobs, processes, timeout_s), strict=True):
         out[i] = result
     return out
+
+
+def grading_errors(errors: list[str | None]) -> dict:
+    """How many gradings timed out and how many failed otherwise (each counted as a wrong answer)."""
+    timeouts = sum(bool(e) and e.startswith("timeout") for e in errors)
+    return {"timeouts": timeouts, "errors": sum(bool(e) for e in errors) - timeouts}

@@ -57,7 +57,7 @@ import pytest
 
 from distill import tasks, verify
 
-from .conftest import distill
+from .conftest import ROOT, distill
 
 CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "grader_cases"
 NESTED = "\\frac{1}{" * 500 + "2" + "}" * 500  # 5,001 characters: parsing alone takes seconds, verify hangs
@@ -137,7 +137,8 @@ def test_is_correct_and_grade_problems_in_a_thread():
     worker = threading.Thread(target=lambda: box.append(verify.grade_problems(items, processes=2)))
     worker.start()
     worker.join(60)
-    assert box == [[(True, chain["answer"]), (True, "27"), (False, "28"), (True, "0.5"), (False, None)]]
+    assert box == [[(True, chain["answer"], None), (True, "27", None), (False, "28", None), (True, "0.5", None),
+                    (False, None, None)]]
 
 
 def test_pathological_answer_times_out_and_the_rest_are_graded():
@@ -211,3 +212,30 @@ def test_cli_user_errors(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_filter_and_eval_count_gradings_that_timed_out(built, tmp_path, monkeypatch):
+    """A grading that times out is a wrong answer, and counted as such: filter's stats.json and eval's
+    results.json (per model) say how many, instead of folding them into the wrong ones unseen."""
+    from distill import cli
+    from distill import filter as filt
+
+    problems = _write(tmp_path / "p.jsonl", [{"id": "a", "problem": "x?", "answer": "3"},
+                                             {"id": "b", "problem": "y?", "answer": "3"}])
+    good = {"sample": 0, "thinking": "t", "finish_reason": "stop", "thinking_tokens": 5}
+    traces = _write(tmp_path / "t.jsonl", [{"problem_id": "a", "answer": "\\boxed{3}", **good},
+                                           {"problem_id": "b", "answer": f"\\boxed{{{NESTED}}}", **good}])
+    out = filt.run(filt.FilterConfig(run="g", runs_dir=str(tmp_path / "r"), traces=str(traces),
+                                     problems=str(problems), grade_timeout=1.0))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == 1 and stats["dropped"]["wrong"] == 1
+    assert stats["grading_failed"] == {"timeouts": 1, "errors": 0}
+    # eval: every math-verify grading of a tiny model's answers over its timeout
+    monkeypatch.chdir(ROOT)
+    model = f"models=[{{name: tiny, role: student, path: {built / 't' / 'init' / 'tiny'}}}]"
+    assert cli.main(["eval", f"runs_dir={tmp_path / 'r'}", "run=g", model, f"problems={problems}",
+                     "budgets=[4]", "n=1", "max_answer_tokens=4", "threads=1", "grade_timeout=0.000001"]) == 0
+    [m] = json.loads((tmp_path / "r" / "g" / "eval" / "results.json").read_text())["models"]
+    samples = [json.loads(x) for x in (tmp_path / "r" / "g" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert m["grading"] == {"timeouts": 2, "errors": 0}
+    assert all(s["grade_error"].startswith("timeout") and not s["correct"] for s in samples)

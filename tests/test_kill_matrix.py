@@ -34,8 +34,16 @@ def test_every_stage_resumes_to_the_same_result_after_kill_9(built, tmp_path):
         started = time.perf_counter()
         ref = km.cli(*km.stage_args(stage, tmp_path, base, "ref", "test"))
         assert ref.returncode == 0, ref.stderr[-2000:]
-        rec = km.kill_and_resume(stage, tmp_path, base, SEED, time.perf_counter() - started, "test")
+        # traces and sft keep resumable work: they are killed as soon as there is some, and must resume it;
+        # filter and eval write only whole outputs: they are killed at a moment mid-run
+        resumable = stage in ("traces", "sft")
+        rec = km.kill_and_resume(stage, tmp_path, base, SEED, time.perf_counter() - started, "test",
+                                 at_partial_state=resumable)
         records.append(rec)
+        assert rec["mid_run"] and rec["left"] != "finished", rec  # the kill landed while it worked
+        if resumable:
+            assert rec["left"].endswith(" rows") or rec["left"].startswith("checkpoint-"), rec
+            assert rec["resumed"], rec  # the re-run took up what the killed run had written
         assert rec["half_written"] == [], rec
         assert rec["rerun_rc"] == 0, rec
         assert rec["mismatch"] == "", rec

@@ -109,3 +109,25 @@ def test_traces_resume_only_with_the_settings_that_made_the_log(built):
     assert log.read_bytes() == before
     again = distill(*args, "n=3")  # the same settings: resumed, only the new samples are generated
     assert "6 samples already done, 3 to generate" in again.stdout
+
+
+def test_traces_resumes_only_a_log_made_with_every_sample_shaping_setting(built):
+    import pytest
+
+    from distill.artifacts import UserError
+
+    tiny = str(built / "t" / "init" / "tiny")
+    cfg = dict(run="t", runs_dir=str(built), name="shaping", model=tiny, n=1, limit=4, max_new_tokens=8,
+               max_answer_tokens=4, batch_size=4, chunk=4, threads=1)
+    out = traces.run(traces.TracesConfig(**cfg))
+    # a batch's seed follows its chunk and batch; dtype and kernel change the logits: each refuses the log
+    for key, value in (("batch_size", 2), ("chunk", 2), ("dtype", "float32"), ("attn_implementation", "eager"),
+                       ("vllm", {"max_model_len": 512})):
+        with pytest.raises(UserError, match=rf"made with other settings \({key}: "):
+            traces.run(traces.TracesConfig(**cfg | {key: value, "n": 2}))
+    # a log recorded before these settings were part of its identity is theirs when they are at their defaults
+    ident = json.loads((out / ".identity.json").read_text())
+    for key in ("vllm", "llama_cpp", "dtype", "attn_implementation"):
+        del ident[key]
+    (out / ".identity.json").write_text(json.dumps(ident))
+    assert traces.run(traces.TracesConfig(**cfg)) == out
