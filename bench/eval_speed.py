@@ -1,8 +1,8 @@
 """Generation tokens/s of the demo's models the way `distill eval` generates, and where the time goes.
 
     .venv/bin/python bench/eval_speed.py [--models teacher,student-s,student-l] [--threads 1,2]
-        [--variants before,base] [--phase thinking|eval] [--repeat 2] [--fresh]
-    .venv/bin/python bench/eval_speed.py --profile student-s [--warm] [--ops] [--variants before]
+        [--variants base,dynamic+hf_sampling] [--phase thinking|eval] [--repeat 2] [--fresh]
+    .venv/bin/python bench/eval_speed.py --profile student-s [--warm] [--ops] [--variants dynamic+hf_sampling]
 
 Each model is loaded through distill.backends.transformers.load (as `eval` loads it: dtype auto, sdpa, batch
 size 200) and driven through the backend's primitive `backend.generate(prompts, max_new, stop, ...)` with
@@ -20,10 +20,9 @@ call, after a 16-token warm-up call. `page_faults` are the process's minor page 
 Repeat 0 of a variant is the first long generation of its process (the state `eval`'s first model meets);
 later repeats run in the steady state. `--fresh` runs every (model, threads, variant) in its own process.
 
-Variants, `+`-joined (e.g. before+b100):
-  base            what distill/backends/transformers.py does now: on CPU a static KV cache and top-p without
-                  torch.sort (see the note above its _cpu_warpers); the same tokens as `before`
-  before          the backend before that: DynamicCache, transformers' own temperature and TopPLogitsWarper
+Variants, `+`-joined (e.g. dynamic+hf_sampling+b100):
+  base            what distill/backends/transformers.py does: on CPU a static KV cache and top-p without
+                  torch.sort (see the note above its _cpu_warpers); the same tokens as dynamic+hf_sampling
   dynamic/static  cache_implementation="dynamic" (the cache grows by torch.cat every step) / "static"
   hf_sampling     transformers' own temperature and TopPLogitsWarper
   draw            the token drawn by a logits processor (inverse CDF on one uniform per row, InverseCdfDraw)
@@ -56,6 +55,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from distill.config import make
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("teacher", "student-s", "student-l")
@@ -115,8 +116,6 @@ def _variant(variant: str) -> tuple[dict, dict, dict]:
     for part in variant.split("+"):
         if part == "base":
             pass
-        elif part == "before":  # the backend before its CPU settings
-            model_kw |= {"cache_implementation": "dynamic"} | hf_sampling
         elif part in ("static", "dynamic"):
             model_kw["cache_implementation"] = part
         elif part == "hf_sampling":
@@ -163,9 +162,9 @@ def _run_phase(backend, prompts, phase: str, **kw):
         gens = backend.generate(prompts, MAX_NEW, _stop(backend), desc="bench", **gen_kw)
         seconds = time.perf_counter() - started
         return sum(len(g.ids) for g in gens), seconds, [], _digest([g.ids for g in gens])
-    from distill.eval import EvalConfig, _generate_all, generated_tokens
+    from distill.stages.eval import EvalConfig, _generate_all, generated_tokens
 
-    cfg = EvalConfig(models=[{"name": "m", "role": "student", "path": "m"}], budgets=[16, 32, 64, 128, 256], n=N,
+    cfg = make(EvalConfig, models=[{"name": "m", "role": "student", "path": "m"}], budgets=[16, 32, 64, 128, 256], n=N,
                      temperature=gen_kw["temperature"], top_p=gen_kw["top_p"], max_answer_tokens=10,
                      batch_size=backend.batch_size, seed=SEED)
     calls, inner = [], backend.generate

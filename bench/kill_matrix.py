@@ -74,7 +74,7 @@ def stage_args(stage: str, runs: Path, base: Path, run: str, size: str = "bench"
     model, train = base / "init" / "tiny", base / "problems" / "train.jsonl"
     if stage == "traces":
         return ["traces", *r, "name=k", f"model={model}", f"problems={train}", f"n={z['n']}",
-                f"limit={z['limit']}", f"max_new_tokens={z['max_new_tokens']}", "max_answer_tokens=8",
+                f"limit={z['limit']}", f"max_thinking={z['max_new_tokens']}", "max_answer_tokens=8",
                 "chunk=16", "batch_size=16"]
     if stage == "filter":
         return ["filter", *r, "name=k", f"traces={base / 'traces/solver/traces.jsonl'}", f"problems={train}"]

@@ -8,7 +8,7 @@ for k-quants, so llama.cpp stores most of its Q4_K_M as other types, see the man
 of 256 (4 layers, 3.4M parameters, built here with `distill init`, untrained) whose Q4_K_M is all k-quants.
 Each is quantized by `distill quantize` to every format; each variant then generates through its distill
 backend (what `eval` and `serve` call): transformers fp32 and bitsandbytes at batch size 1, GGUF through
-llama_cpp. One thread for the quantized formats (torch and llama.cpp: shared/notes/local-quantized.md, 2
+llama_cpp. One thread for the quantized formats (torch and llama.cpp: docs/cpu.md, 2
 threads stall on these VMs); the fp32 baseline is the better of 1 and 2 torch threads, measured here. Greedy, no stop token, so every prompt generates exactly --new tokens; tokens/s = new tokens / wall
 time including prefill, best of --repeats timed calls after a warm-up.
 """

@@ -41,7 +41,7 @@ def _shape(size: str, vocab: int) -> dict:
 
 def measure(size: str, seq: int, vocab: int = 0) -> dict:
     """One `distill sft` in this process; returns what its manifest says."""
-    from distill import init, problems, sft, tokenizer
+    from distill.stages import init, problems, sft, tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = str(Path(tmp) / "runs")

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import yaml
 
-from distill import filter as filt
-from distill import init, problems, sft, tokenizer, traces
+from distill.config import make
+from distill.stages import filter as filt
+from distill.stages import init, problems, sft, tokenizer, traces
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["students/demo-s.yaml", "students/demo-l.yaml"]
@@ -56,7 +57,7 @@ def recipe(path: str) -> dict:
 def build(runs: str, recipes: list[dict]) -> tuple[dict[str, Path], Path]:
     problems.run(problems.ProblemsConfig(run="b", runs_dir=runs, train_per_task=500, eval_per_task=10))
     tokenizer.run(tokenizer.TokenizerConfig(run="b", runs_dir=runs))
-    traces.run(traces.TracesConfig(run="b", runs_dir=runs, name="solver", backend="solver", n=1))
+    traces.run(make(traces.TracesConfig, run="b", runs_dir=runs, name="solver", backend="solver", n=1))
     data = filt.run(filt.FilterConfig(run="b", runs_dir=runs, name="solver", keep_per_problem=1))
     models = {r["name"]: init.run(init.InitConfig(run="b", runs_dir=runs, name=r["name"], arch=r["arch"]))
               for r in recipes}

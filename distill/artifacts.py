@@ -149,11 +149,23 @@ def staging(out: Path):
         os.replace(tmp, out)
 
 
+def flat(cfg) -> dict:
+    """A stage's config as a recipe section gives it: its settings groups' keys inline (distill/sampling.py)."""
+    out, values = {}, dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        value = values[f.name]
+        if f.metadata.get("group"):
+            out |= value
+        else:
+            out[f.name] = value
+    return out
+
+
 def finish(out: Path, stage: str, cfg, inputs: dict[str, Path], counts: dict, started: float,
            **extra) -> None:
     """Write the resolved config.yaml and manifest.json of a stage directory."""
     out = Path(out)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(flat(cfg), sort_keys=False))
     manifest = {
         "stage": stage,
         "code_version": code_version(),

@@ -165,7 +165,7 @@ def _batching(packed: bool, attn: str) -> Choice:
     """Padding-free packed rows need FlashAttention's varlen kernel. With sdpa or eager, transformers builds a
     block-diagonal mask over the whole flattened micro-batch (T x T, T = micro-batch x max_length: 4.3e9 pairs
     for 4 x 16k) and attends over all of it, 4-16x the FLOPs of the rows' own attention; padded rows attend
-    within each row. The same reason the CPU demo trains on padded rows (distill/sft.py)."""
+    within each row. The same reason the CPU demo trains on padded rows (distill/stages/sft.py)."""
     if not packed:
         return Choice("padded rows", "padded rows")
     if attn.startswith("flash"):

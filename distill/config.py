@@ -71,41 +71,92 @@ def load_recipe(path: str | None) -> dict:
     return data
 
 
+def opt(default, help: str = ""):
+    """A config field with its one-line help, the one source of `distill <stage> --help` and docs/config.md.
+    A callable default (dict, list, a lambda) makes a fresh value for every config."""
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def groups(cls) -> dict[str, object]:
+    """The settings groups a stage embeds (distill/sampling.py), by field name, with the stage's defaults."""
+    return {f.name: f.default_factory() for f in dataclasses.fields(cls) if f.metadata.get("group")}
+
+
+def keys(cls) -> dict[str, str]:
+    """Every key a recipe section or the command line may give the stage, and the group it belongs to ("" for
+    the stage's own fields): a group's keys are given flat (`temperature: 0.8`)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("group"):
+            out |= {g.name: f.name for g in dataclasses.fields(f.default_factory())}
+        else:
+            out[f.name] = ""
+    return out
+
+
 def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections: set[str],
           all_fields: set[str]):
     """Instantiate the stage's config dataclass, rejecting keys that do not exist."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {}
+    known = keys(cls)
+    values: dict = {}
+    grouped = {g: dataclasses.asdict(d) for g, d in groups(cls).items()}  # the stage's defaults, then the recipe's
+    factories = {f.name: f.default_factory() for f in dataclasses.fields(cls)
+                 if f.default_factory is not dataclasses.MISSING and not f.metadata.get("group")}
+
+    def current(key):
+        g = known.get(key, "")
+        return grouped[g].get(key) if g else values.get(key, factories.get(key))
+
+    def put(key, value):
+        g = known[key]
+        if g:
+            grouped[g][key] = value
+        else:
+            values[key] = value
+
+    for section, key in getattr(cls, "SECTIONS", {}).items():  # another section the stage reads whole
+        if isinstance(recipe.get(section), dict):
+            values[key] = dict(recipe[section])
     for key, value in recipe.items():
         if key in sections:
             continue  # a stage's section, not a shared value
         if key not in all_fields:
             raise UserError(f"{source}: unknown key {key!r} (no stage has it)")
-        if key in fields:
-            values[key] = value
+        if key in known:
+            put(key, value)
     section = recipe.get(stage) or {}
     if not isinstance(section, dict):
         raise UserError(f"{source}: section {stage!r} must be a mapping")
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
-                if f.default_factory is not dataclasses.MISSING}
     for where, items in ((f"{source} [{stage}]", section), ("command line", overrides)):
         for key, value in items.items():
             head, dot, sub = key.partition(".")
-            if dot and isinstance(values.get(head, defaults.get(head)), dict):
+            if dot and head in known and isinstance(current(head), dict):
                 # a dotted key sets one entry of a mapping field: vllm.tensor_parallel_size=4
-                values[head] = {**values.get(head, defaults[head]), sub: value}
+                put(head, {**current(head), sub: value})
                 continue
-            if key not in fields:
-                known = ", ".join(sorted(fields))
-                raise UserError(f"{where}: unknown key {key!r} for stage {stage!r} (known: {known})")
-            values[key] = value
+            if key not in known:
+                moved = getattr(cls, "RENAMED", {}).get(key)
+                if moved:
+                    raise UserError(f"{where}: {key!r} is now called {moved!r}: rename it")
+                raise UserError(f"{where}: unknown key {key!r} for stage {stage!r} (known: "
+                                f"{', '.join(sorted(known))})")
+            put(key, value)
+    values |= grouped
     run = str(values.get("run", recipe.get("run", getattr(cls, "run", ""))))
     try:
         return _adapter(cls).validate_python(_with_run(values, run))
     except ValidationError as e:
-        raise UserError(_one_line(e, source, stage, section, overrides)) from None
+        raise UserError(_one_line(e, source, stage, section, overrides, known)) from None
     except (ValueError, TypeError) as e:
         raise UserError(f"{_where(str(e).split()[0].split('=')[0], source, stage, section, overrides)}: {e}") from None
+
+
+def make(cls, **values):
+    """A stage's config from Python, as a recipe section would give it: a settings group's keys flat
+    (`make(TracesConfig, backend="solver", n=1)`) over the stage's own defaults, validated like a recipe."""
+    return build(cls, "", {}, values, "arguments", set(), set())
 
 
 def defaults(cls) -> dict:
@@ -140,11 +191,14 @@ def _where(key: str, source: str, stage: str, section: dict, overrides: dict) ->
     return f"{source} [{stage}]"  # the stage's section, or a shared key the stage took
 
 
-def _one_line(e: ValidationError, source: str, stage: str, section: dict, overrides: dict) -> str:
+def _one_line(e: ValidationError, source: str, stage: str, section: dict, overrides: dict,
+              known: dict | None = None) -> str:
     """The first error as `<where>: <key>: <problem> (got <value>)`; where = the command line, the file's
-    stage section or the file's shared keys, whichever gave the key."""
+    stage section or the file's shared keys, whichever gave the key (a group's key as it was given: flat)."""
     err = e.errors()[0]
     loc = err["loc"]
+    if len(loc) > 1 and known and loc[0] in set(known.values()) - {""}:
+        loc = loc[1:]
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # raised by __post_init__: its message starts with the key
         return f"{_where(msg.split()[0].split('=')[0], source, stage, section, overrides)}: {msg}"
@@ -177,3 +231,59 @@ def check_literals(obj) -> None:
         hint = hints.get(f.name)
         if typing.get_origin(hint) is typing.Literal:
             check_choice(f.name, getattr(obj, f.name), typing.get_args(hint))
+
+
+# ---------------------------------------------------------------- the reference: --help and docs/config.md
+# help for keys many stages share, where a field gives none of its own
+COMMON_HELP = {"run": "the run: every stage reads and writes under runs_dir/run/", "runs_dir": "where runs live",
+               "name": "this output's name under its stage's folder", "threads": "torch threads (0: torch's default)",
+               "seed": "seeds every random choice: the same settings and inputs give the same outputs"}
+GROUP_TITLES = {"sampling": "sampling (distill/sampling.py; given flat: temperature=0.8)",
+                "engine": "backend (distill/sampling.py; given flat: backend=vllm, vllm.max_model_len=4096)"}
+
+
+def _type_name(hint) -> str:
+    """A field's type as a user reads it: `int > 0`, `float in (0, 1]`, `sdpa|eager|...`, `list[str]`."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        base, bounds = _type_name(args[0]), []
+        for meta in args[1:]:
+            for m in getattr(meta, "metadata", []):
+                for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(m, attr, None) is not None:
+                        bounds.append(f"{sign} {getattr(m, attr)}")
+        return f"{base} {' and '.join(bounds)}".strip()
+    if origin is typing.Literal:
+        return "|".join(str(a) if a != "" else "''" for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]" if args else origin.__name__
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def describe(cls) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
+    """A stage config's keys as (group title, [(key, type, default, help)]): its own settings first, then each
+    settings group it embeds (with the stage's defaults)."""
+    import typing
+
+    def rows(klass, instance) -> list[tuple[str, str, str, str]]:
+        hints = typing.get_type_hints(klass, include_extras=True)
+        out = []
+        for f in dataclasses.fields(klass):
+            if f.metadata.get("group"):
+                continue
+            value = getattr(instance, f.name) if instance is not None else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            out.append((f.name, _type_name(hints[f.name]), repr(value),
+                        f.metadata.get("help") or COMMON_HELP.get(f.name, "")))
+        return out
+
+    out = [("settings", rows(cls, None))]
+    for name, default in groups(cls).items():
+        out.append((GROUP_TITLES.get(name, name), rows(type(default), default)))
+    return out

@@ -1,5 +1,5 @@
 """What `sft` trains with: the launch it runs in, the model as the capabilities decided, TRL's trainer per
-method, and the final save. A library for distill/sft.py (the stage) and bench/; it imports no stage."""
+method, and the final save. A library for distill/stages/sft.py (the stage) and bench/; it imports no stage."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def distill(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     """runs_dir with run `t`: problems, tokenizer and an untrained tiny model at init/tiny."""
-    from distill import init, problems, tokenizer
+    from distill.stages import init, problems, tokenizer
 
     runs = tmp_path_factory.mktemp("runs")
     problems.run(problems.ProblemsConfig(run="t", runs_dir=str(runs), levels={"chain": [1, 2], "search": [1, 2]}, train_per_task=40,

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from distill import eval as ev
-from distill import filter as filt
-from distill import sft, traces
 from distill.artifacts import read_jsonl
+from distill.config import make
+from distill.stages import eval as ev
+from distill.stages import filter as filt
+from distill.stages import sft, traces
 
 from .conftest import ROOT
 
@@ -53,10 +54,10 @@ def _vllm_distill(*args: str, timeout: int = 900) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def teacher(built) -> Path:
-    from distill import init
+    from distill.stages import init
 
     init.run(init.InitConfig(run="t", runs_dir=str(built), name="t32", arch=ARCH))
-    traces.run(traces.TracesConfig(run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
+    traces.run(make(traces.TracesConfig, run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
     data = filt.run(filt.FilterConfig(run="t", runs_dir=str(built), name="solver", keep_per_problem=1))
     out = sft.run(sft.SftConfig(run="t", runs_dir=str(built), name="t32", model=str(built / "t/init/t32"),
                                 data=str(data / "train.jsonl"), epochs=60, lr=5e-3, batch_size=16,
@@ -119,7 +120,7 @@ def _agreement(a: dict, b: dict) -> float:
 def test_vllm_offline_agrees_with_transformers_and_writes_the_same_traces(built, teacher, tmp_path):
     problems = str(built / "t/problems/train.jsonl")  # 80 problems x 3 budgets
     models = [{"name": "t32", "role": "teacher", "path": str(teacher)}]
-    ref = ev.run(ev.EvalConfig(run="tf", runs_dir=str(tmp_path), problems=problems, models=models, threads=2,
+    ref = ev.run(make(ev.EvalConfig, run="tf", runs_dir=str(tmp_path), problems=problems, models=models, threads=2,
                                batch_size=80, **EVAL))
     _vllm_distill("eval", f"runs_dir={tmp_path}", "run=vl", f"problems={problems}", "backend=vllm",
                   f"models={json.dumps(models)}", *(f"{k}={json.dumps(v)}" for k, v in EVAL.items()))
@@ -130,7 +131,7 @@ def test_vllm_offline_agrees_with_transformers_and_writes_the_same_traces(built,
     # 160 seeded samples at temperature 0.8: enough prompt tokens in one engine step that a chunked prefill
     # would be split (which crashed vLLM 0.32's CPU runner until chunked prefill was turned off)
     common = ["run=t", f"runs_dir={built}", f"model={teacher}", "n=2", "temperature=0.8",
-              "max_new_tokens=48", "max_answer_tokens=6"]
+              "max_thinking=48", "max_answer_tokens=6"]
     subprocess.run([sys.executable, "-m", "distill.cli", "traces", *common, "name=tf"], check=True, cwd=ROOT,
                    capture_output=True)
     _vllm_distill("traces", *common, "name=vl", "backend=vllm")
@@ -149,7 +150,7 @@ def test_openai_backend_matches_offline_vllm(built, teacher, server, tmp_path):
     models = [{"name": "t32", "role": "teacher", "path": str(teacher)}]
     _vllm_distill("eval", f"runs_dir={tmp_path}", "run=vl", f"problems={problems}", "backend=vllm",
                   f"models={json.dumps(models)}", *(f"{k}={json.dumps(v)}" for k, v in EVAL.items()))
-    out = ev.run(ev.EvalConfig(run="oa", runs_dir=str(tmp_path), problems=problems, models=models,
+    out = ev.run(make(ev.EvalConfig, run="oa", runs_dir=str(tmp_path), problems=problems, models=models,
                                backend="openai", openai={"base_urls": [server.url], "model": "tiny",
                                                          "concurrency": 32}, **EVAL))
     assert _agreement(_samples(tmp_path / "vl" / "eval"), _samples(out)) >= 0.95
@@ -161,7 +162,7 @@ def _openai_traces(built, name: str, url: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "distill.cli", "traces", "run=t", f"runs_dir={built}", f"name={name}",
             f"model={built / 't/sft/t32/model'}", "backend=openai", f"openai.base_urls=[{url}]",
             "openai.model=tiny", f"openai.cache={built / 't' / (name + '.cache.jsonl')}", "n=4",
-            "temperature=0.8", "max_new_tokens=64", "max_answer_tokens=6", "chunk=64", *extra]
+            "temperature=0.8", "max_thinking=64", "max_answer_tokens=6", "chunk=64", *extra]
 
 
 def _lines(path: Path) -> int:
@@ -228,7 +229,7 @@ def test_openai_backend_without_a_server_fails_in_one_line(built, teacher, tmp_p
 
 def test_openai_chat_endpoint_reads_the_thinking_apart_and_refuses_budget_forcing(built, teacher, server):
     common = ["run=t", f"runs_dir={built}", f"model={teacher}", "backend=openai", f"openai.base_urls=[{server.url}]",
-              "openai.model=tiny", "n=1", "limit=24", "temperature=0", "max_new_tokens=48", "max_answer_tokens=12"]
+              "openai.model=tiny", "n=1", "limit=24", "temperature=0", "max_thinking=48", "max_answer_tokens=12"]
     for name, api in (("via-completions", "completions"), ("via-chat", "chat")):
         subprocess.run([sys.executable, "-m", "distill.cli", "traces", *common, f"name={name}", f"openai.api={api}",
                         "openai.extra_body={skip_special_tokens: false}",  # vLLM's parser needs the </think>

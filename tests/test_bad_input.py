@@ -13,6 +13,8 @@ import shutil
 
 import pytest
 
+from distill.config import make
+
 from .conftest import distill
 
 FILES = {
@@ -183,10 +185,10 @@ def nothink(built, tmp_path_factory):
 @pytest.fixture(scope="session")
 def other(built, tmp_path_factory):
     """Solver traces of the eval problems: given to filter with the train problems, their ids are unknown."""
-    from distill import traces
+    from distill.stages import traces
 
     runs = tmp_path_factory.mktemp("other")
-    return traces.run(traces.TracesConfig(run="o", runs_dir=str(runs), name="solver", backend="solver", n=1,
+    return traces.run(make(traces.TracesConfig, run="o", runs_dir=str(runs), name="solver", backend="solver", n=1,
                                           problems=str(built / "t/problems/eval.jsonl"),
                                           tokenizer=str(built / "t/tokenizer")))
 

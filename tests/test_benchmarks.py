@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from distill import benchmarks, cli, problems
+from distill import benchmarks, cli
 from distill.artifacts import UserError, read_jsonl
-from distill.config import build, load_recipe
+from distill.config import build, keys, load_recipe
+from distill.stages import problems
 
 from .conftest import ROOT, distill
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCHEMA = {"id", "problem", "prompt", "answer", "answer_type", "source", "benchmark", "task"}
-ALL_FIELDS = {f.name for s in cli.STAGES for f in dataclasses.fields(cli._config_class(s))}
+ALL_FIELDS = {k for s in cli.STAGES for k in keys(cli._config_class(s))}
 
 # recipe -> (data file, rows, answer_type, has level/subject, {id: gold} spot checks)
 CASES = {
@@ -67,7 +68,7 @@ def test_recipe_loads_its_real_benchmark(name, tmp_path, monkeypatch):
     assert {k: by_id[k] for k in golds} == golds
     # the eval section uses only keys that EvalConfig has, and points at the file just written
     recipe = load_recipe(str(ROOT / "eval" / f"{name}.yaml"))
-    assert set(recipe["eval"]) <= {f.name for f in dataclasses.fields(cli._config_class("eval"))}
+    assert set(recipe["eval"]) <= set(keys(cli._config_class("eval")))
     assert recipe["eval"]["problems"] == f"runs/{name}/problems/eval.jsonl" and recipe["run"] == name
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from distill.artifacts import UserError, read_jsonl, staging
 from distill.config import build, parse_overrides
-from distill.problems import ProblemsConfig
+from distill.stages.problems import ProblemsConfig
 
 from .conftest import distill
 
@@ -25,8 +25,8 @@ def test_unknown_keys_are_errors_that_name_the_key():
 
 def test_run_name_fills_recipe_paths():
     """`{run}` in a recipe's text values is the run's name: one recipe serves `make demo SEED=k`'s runs."""
-    from distill.eval import EvalConfig
-    from distill.sft import SftConfig
+    from distill.stages.eval import EvalConfig
+    from distill.stages.sft import SftConfig
 
     recipe = {"run": "demo", "sft": {"model": "runs/{run}/init/s", "data": "runs/{run}/filter/t/train.jsonl"},
               "eval": {"problems": "runs/{run}/problems/eval.jsonl",
@@ -86,3 +86,96 @@ def test_cli_malformed_jsonl_and_empty_problem_set(tmp_path):
     proc = distill("traces", f"problems={empty}", "backend=solver", "n=1", f"runs_dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "no problems" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "demo").exists()  # nothing half-written
+
+
+def test_sampling_and_backend_settings_are_declared_once():
+    """temperature, top_p, ..., backend, vllm, ... are declared in distill/sampling.py alone: every stage that
+    samples embeds them (with its own defaults), and no config class declares one of them itself."""
+    import dataclasses
+
+    from distill.cli import STAGES, _config_class
+    from distill.config import groups, keys
+    from distill.sampling import Engine, Sampling
+
+    sampling = {f.name for f in dataclasses.fields(Sampling)}
+    backend = {"backend", "vllm", "openai", "llama_cpp"}
+    assert {"temperature", "top_p", "top_k", "n", "seed", "max_thinking", "max_answer_tokens", "answer_cue",
+            "min_thinking", "wait", "max_waits"} == sampling
+    declared = {}
+    for stage in STAGES:
+        cls = _config_class(stage)
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("group"):
+                declared.setdefault(f.name, []).append(stage)
+    for key in sampling | backend:
+        assert key not in declared or key == "seed", (key, declared.get(key))
+    samplers = {s for s in STAGES if {"sampling", "engine"} <= set(groups(_config_class(s)))}
+    assert samplers == {"traces", "eval", "serve", "chat"}
+    for s in samplers:  # each gives the keys flat, as its recipes always did
+        assert sampling | {f.name for f in dataclasses.fields(Engine)} <= set(keys(_config_class(s)))
+    # a stage's own defaults: traces samples hotter and longer than eval
+    traces, ev = (groups(_config_class(s))["sampling"] for s in ("traces", "eval"))
+    assert (traces.temperature, traces.n, traces.max_thinking) == (0.8, 4, 512) and ev.temperature == 0.6
+
+
+def test_choices_are_validated_in_one_line(tmp_path):
+    for args, key in ((["sft", "model=m", "attn_implementation=flash_attn2"], "attn_implementation"),
+                      (["sft", "model=m", "optim=adamw_8bitt"], "optim"),
+                      (["sft", "model=m", "scheduler=cosin"], "scheduler"),
+                      (["eval", "backend=vlm", "models=[{name: a, role: student, path: p}]"], "backend"),
+                      (["traces", "model=m", "max_new_tokens=8"], "max_new_tokens")):
+        proc = distill(*args, f"runs_dir={tmp_path}", check=False)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(err) == 1 and key in err[0], (args, proc.stderr)
+    assert "is now called 'max_thinking'" in proc.stderr  # a renamed key says what it is called now
+
+
+def test_eval_models_take_a_revision():
+    from distill.config import make
+    from distill.stages.eval import EvalConfig
+
+    cfg = make(EvalConfig, models=[{"name": "a", "role": "student", "path": "org/model", "revision": "v1.0"}])
+    assert cfg.models[0]["revision"] == "v1.0"
+    with pytest.raises(UserError, match=r"models\[0\]\.revison"):
+        make(EvalConfig, models=[{"name": "a", "role": "student", "path": "org/model", "revison": "v1.0"}])
+
+
+def test_the_scheduler_choices_are_transformers_own():
+    import typing
+
+    from transformers.trainer_utils import SchedulerType
+
+    from distill.stages.sft import Scheduler
+
+    assert set(typing.get_args(Scheduler)) == {s.value for s in SchedulerType}
+
+
+def test_stage_help_lists_each_key_with_type_default_and_help():
+    proc = distill("sft", "--help")
+    lines = proc.stdout.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.split()[:1] == ["max_length"])
+    assert lines[i].split() == ["max_length", "int", ">", "0", "=", "2048"]
+    assert "tokens per row at most" in lines[i + 1]
+    assert "sampling" not in proc.stdout  # sft does not sample
+    out = distill("traces", "--help").stdout
+    assert "sampling (" in out and "backend (" in out and "temperature" in out and "= 0.8" in out
+
+
+def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path):
+    import yaml
+
+    proc = distill("traces", "--config", "teachers/demo.yaml", "run=x", f"runs_dir={tmp_path}", "--n", "3",
+                   "temperature=0.5", "--print-config")
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["run"] == "x" and cfg["n"] == 3 and cfg["temperature"] == 0.5  # flat, as a recipe gives it
+    assert cfg["model"] == "runs/x/sft/teacher/model"  # the recipe's {run} filled in
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_configuration_reference_is_generated_and_current():
+    from distill import cli
+
+    from .conftest import ROOT
+
+    assert (ROOT / "docs" / "config.md").read_text() == cli.reference(), "stale: run `make docs`"
+    assert "| `max_length` | int > 0 | `2048` |" in cli.reference()

@@ -19,9 +19,10 @@ from .conftest import ROOT, distill
 
 HOLD = """
 import sys, time
+from distill.config import make
 from distill.artifacts import stage_lock
-from distill.traces import TracesConfig
-with stage_lock(TracesConfig(runs_dir=sys.argv[1], run="t", name="solver", backend="solver", n=1), "traces"):
+from distill.stages.traces import TracesConfig
+with stage_lock(make(TracesConfig, runs_dir=sys.argv[1], run="t", name="solver", backend="solver", n=1), "traces"):
     print("held", flush=True)
     time.sleep(600)
 """

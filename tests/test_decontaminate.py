@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from distill import decontaminate as D
-from distill import filter as filt
 from distill.artifacts import read_jsonl
+from distill.stages import decontaminate as D
+from distill.stages import filter as filt
 
 from .conftest import ROOT, distill
 

@@ -21,7 +21,7 @@ problems: {{levels: {{chain: [1, 2], search: [1, 2]}}, train_per_task: 150, eval
 init: {{arch: {{hidden_size: 48, num_hidden_layers: 2, intermediate_size: 96, num_attention_heads: 4,
                num_key_value_heads: 4, initializer_range: 0.1}}}}
 sft: {{epochs: 2, lr: 3.0e-3, batch_size: 32, save_steps: 50, logging_steps: 5}}
-traces: {{n: 2, max_new_tokens: 64, max_answer_tokens: 8, batch_size: 64}}
+traces: {{n: 2, max_thinking: 64, max_answer_tokens: 8, batch_size: 64}}
 filter: {{keep_per_problem: 2}}
 eval:
   budgets: [4, 16, 64]

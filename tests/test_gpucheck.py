@@ -9,7 +9,7 @@ from .conftest import distill
 
 
 def test_gpu_check_measures_every_cell_at_tiny_scale(tmp_path):
-    proc = distill("gpu-check", "scale=tiny", "steps=3", "prompts=8", "budget=32", "vllm=false",
+    proc = distill("gpu-check", "scale=tiny", "steps=3", "prompts=8", "budget=32", "with_vllm=false",
                    f"runs_dir={tmp_path}")
     out = tmp_path / "gpu-check" / "gpu-check"
     res = json.loads((out / "results.json").read_text())

@@ -218,7 +218,7 @@ def test_filter_and_eval_count_gradings_that_timed_out(built, tmp_path, monkeypa
     """A grading that times out is a wrong answer, and counted as such: filter's stats.json and eval's
     results.json (per model) say how many, instead of folding them into the wrong ones unseen."""
     from distill import cli
-    from distill import filter as filt
+    from distill.stages import filter as filt
 
     problems = _write(tmp_path / "p.jsonl", [{"id": "a", "problem": "x?", "answer": "3"},
                                              {"id": "b", "problem": "y?", "answer": "3"}])

@@ -7,8 +7,9 @@ import importlib.util
 import shutil
 import time
 
-from distill import filter as filt
-from distill import traces
+from distill.config import make
+from distill.stages import filter as filt
+from distill.stages import traces
 
 from .conftest import ROOT
 
@@ -27,7 +28,7 @@ def test_every_stage_resumes_to_the_same_result_after_kill_9(built, tmp_path):
     base = tmp_path / "base"  # the bench's layout: problems, tokenizer, init/tiny, solver traces, filter
     for part in ("problems", "tokenizer", "init/tiny"):
         shutil.copytree(built / "t" / part, base / part)
-    traces.run(traces.TracesConfig(run="base", runs_dir=str(tmp_path), name="solver", backend="solver", n=1))
+    traces.run(make(traces.TracesConfig, run="base", runs_dir=str(tmp_path), name="solver", backend="solver", n=1))
     filt.run(filt.FilterConfig(run="base", runs_dir=str(tmp_path), name="solver", keep_per_problem=1))
     records = []
     for stage in km.STAGES:

@@ -97,7 +97,7 @@ def test_problems_traces_filter_on_math_train_with_a_tiny_model(boxed_model, tmp
     math-verify keeps exactly the problems whose gold is -1, and the stats say so."""
     monkeypatch.setenv("DISTILL_DATA", str(SHARED))
     traces = {"backend": "transformers", "model": str(boxed_model), "limit": 16, "n": 2, "temperature": 0.6,
-              "max_new_tokens": 8, "max_answer_tokens": 16, "batch_size": 16, "threads": 1}
+              "max_thinking": 8, "max_answer_tokens": 16, "batch_size": 16, "threads": 1}
     recipe = str(_recipe(tmp_path, name="tiny", traces=traces, filter={"keep_per_problem": 2}))
     for stage in ("problems", "traces", "filter"):
         distill(stage, "--config", recipe)

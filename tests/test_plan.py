@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from distill.plan import GB, model_states
+from distill.planner import GB, model_states
 
 from .conftest import distill
 

@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
+from distill.config import make
+
 from .conftest import ROOT
 
 TOKEN = "hf_planted" + "Xq7vTz3Rk9LmW2pN5sJd8Fh"
@@ -165,20 +167,20 @@ def hub():
 @pytest.fixture(scope="module")
 def pub(built):
     """Run `pub` beside `built`'s: solver traces, filter, a 2-step sft of the tiny model, a tiny eval."""
-    from distill import eval as ev
-    from distill import filter as filt
-    from distill import sft, traces
+    from distill.stages import eval as ev
+    from distill.stages import filter as filt
+    from distill.stages import sft, traces
 
     t, kw = built / "t", {"run": "pub", "runs_dir": str(built)}
     train = str(t / "problems" / "train.jsonl")
-    traces.run(traces.TracesConfig(**kw, name="solver", backend="solver", n=1, tokenizer=str(t / "tokenizer"),
+    traces.run(make(traces.TracesConfig, **kw, name="solver", backend="solver", n=1, tokenizer=str(t / "tokenizer"),
                                    problems=train))
     filt.run(filt.FilterConfig(**kw, name="solver", keep_per_problem=1, problems=train))
     sft.run(sft.SftConfig(**kw, name=NAME, model=str(t / "init" / "tiny"), optim="adamw_torch", threads=1,
                           data=str(built / "pub" / "filter" / "solver" / "train.jsonl"),
                           trl={"max_steps": 2}))
     student = str(built / "pub" / "sft" / NAME / "model")
-    ev.run(ev.EvalConfig(**kw, problems=str(t / "problems" / "eval.jsonl"), budgets=[2, 6, 12], n=2,
+    ev.run(make(ev.EvalConfig, **kw, problems=str(t / "problems" / "eval.jsonl"), budgets=[2, 6, 12], n=2,
                          max_answer_tokens=4, batch_size=8, threads=1,
                          models=[{"name": "teach", "role": "teacher", "path": str(t / "init" / "tiny")},
                                  {"name": NAME, "role": "student", "path": student}]))

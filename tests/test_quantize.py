@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from distill import eval as ev
-from distill import filter as filt
-from distill import sft, traces
+from distill.config import make
+from distill.stages import eval as ev
+from distill.stages import filter as filt
+from distill.stages import sft, traces
 
 from .conftest import ROOT, distill
 
@@ -36,10 +37,10 @@ ARCH = {"hidden_size": 256, "num_hidden_layers": 1, "intermediate_size": 512, "n
 
 @pytest.fixture(scope="module")
 def trained(built) -> Path:
-    from distill import init
+    from distill.stages import init
 
     init.run(init.InitConfig(run="t", runs_dir=str(built), name="q256", arch=ARCH))
-    traces.run(traces.TracesConfig(run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
+    traces.run(make(traces.TracesConfig, run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
     data = filt.run(filt.FilterConfig(run="t", runs_dir=str(built), name="solver", keep_per_problem=1))
     sft.run(sft.SftConfig(run="t", runs_dir=str(built), name="q256", model=str(built / "t/init/q256"),
                           data=str(data / "train.jsonl"), epochs=25, lr=3e-3, batch_size=16, save_steps=1000,
@@ -83,7 +84,7 @@ def test_quantized_models_evaluate_like_any_other(trained, quantized, tmp_path):
     models = [{"name": "fp32", "role": "teacher", "path": str(fp32)}] + [
         {"name": fmt, "role": "student", "path": str(quantized[fmt] / "model"),
          **({"backend": "llama_cpp"} if fmt.startswith("gguf") else {})} for fmt in quantized]
-    out = ev.run(ev.EvalConfig(run="q", runs_dir=str(tmp_path), problems=str(trained / "t/problems/eval.jsonl"),
+    out = ev.run(make(ev.EvalConfig, run="q", runs_dir=str(tmp_path), problems=str(trained / "t/problems/eval.jsonl"),
                                models=models, budgets=[16, 64], n=1, temperature=0.0, max_answer_tokens=10,
                                threads=1))
     res = {m["name"]: m for m in json.loads((out / "results.json").read_text())["models"]}
@@ -141,7 +142,7 @@ def test_quantize_refuses_bad_input_in_one_line(trained, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
         assert not (tmp_path / "bad").exists()
     # a model none of whose layers bnb's 4-bit CPU kernel takes (widths 24 and 48): refused, not written unquantized
-    from distill import init
+    from distill.stages import init
 
     narrow = init.run(init.InitConfig(run="t", runs_dir=str(trained), name="narrow", arch={
         "hidden_size": 24, "num_hidden_layers": 1, "intermediate_size": 48, "num_attention_heads": 2,

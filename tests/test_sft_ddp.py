@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill import sft
+from distill.stages import sft
 
 from .conftest import ROOT
 from .test_sft_eval import _data

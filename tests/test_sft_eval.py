@@ -7,14 +7,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from distill import eval as ev
-from distill import filter as filt
-from distill import sft, traces
 from distill.artifacts import UserError
+from distill.config import make
+from distill.stages import eval as ev
+from distill.stages import filter as filt
+from distill.stages import sft, traces
 
 
 def _data(built):
-    traces.run(traces.TracesConfig(run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
+    traces.run(make(traces.TracesConfig, run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
     return filt.run(filt.FilterConfig(run="t", runs_dir=str(built), name="solver", keep_per_problem=1))
 
 
@@ -60,7 +61,7 @@ def test_assistant_only_mask_covers_the_reasoning_and_answer_only(built):
 
 def test_eval_results_schema_budgets_and_plots(built):
     model = str(built / "t" / "init" / "tiny")
-    cfg = ev.EvalConfig(run="t", runs_dir=str(built), budgets=[2, 6, 12], n=2, max_answer_tokens=4,
+    cfg = make(ev.EvalConfig, run="t", runs_dir=str(built), budgets=[2, 6, 12], n=2, max_answer_tokens=4,
                         batch_size=8, threads=1, answer_cue="Final answer:",
                         models=[{"name": "teach", "role": "teacher", "path": model},
                                 {"name": "stud", "role": "student", "path": model}])

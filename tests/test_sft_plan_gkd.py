@@ -7,7 +7,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from distill import sft
+from distill.stages import sft
 
 from .conftest import distill
 from .test_sft_eval import _data

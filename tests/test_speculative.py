@@ -10,10 +10,11 @@ import json
 
 import pytest
 
-from distill import eval as ev
 from distill import generate as G
-from distill.artifacts import read_jsonl
+from distill.artifacts import UserError, read_jsonl
 from distill.backends import transformers as T
+from distill.config import make
+from distill.stages import eval as ev
 
 DRAFT_ARCH = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32, "num_attention_heads": 2,
               "num_key_value_heads": 1}
@@ -21,7 +22,7 @@ DRAFT_ARCH = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32
 
 @pytest.fixture(scope="module")
 def models(built):
-    from distill import init
+    from distill.stages import init
 
     init.run(init.InitConfig(run="t", runs_dir=str(built), name="spec-draft", arch=DRAFT_ARCH, seed=1))
     return built / "t/init/tiny", built / "t/init/spec-draft"
@@ -76,7 +77,7 @@ def test_cpu_generation_settings_sample_the_tokens_of_transformers_defaults(buil
 
 def test_eval_reports_acceptance_and_speedup(built, models, tmp_path):
     teacher, draft = models
-    cfg = ev.EvalConfig(run="sp", runs_dir=str(tmp_path), problems=str(built / "t/problems/eval.jsonl"),
+    cfg = make(ev.EvalConfig, run="sp", runs_dir=str(tmp_path), problems=str(built / "t/problems/eval.jsonl"),
                         models=[{"name": "teacher", "role": "teacher", "path": str(teacher),
                                  "draft": str(draft)}],
                         budgets=[8, 24], n=1, temperature=0.0, max_answer_tokens=6, limit=4, threads=2)
@@ -92,11 +93,11 @@ def test_eval_reports_acceptance_and_speedup(built, models, tmp_path):
     assert [spec[k] for k in counts] == [cold[k] for k in counts]
     assert spec["tokens_per_s"] > 0 and spec["speedup_vs_target_alone"] > 0 and spec["speedup_prompts"] == 4
     assert spec["identical_to_target_alone"] is True
-    from distill import report
+    from distill.stages import report
 
     lines = report._speculative_lines([m])  # the report's serving-cost section shows it
     assert any(line.startswith("| teacher | " + str(draft)) and "yes" in line for line in lines)
 
-    with pytest.raises(ValueError, match="draft"):
-        ev.EvalConfig(models=[{"name": "t", "role": "teacher", "path": str(teacher), "draft": str(draft),
+    with pytest.raises(UserError, match="draft"):
+        make(ev.EvalConfig, models=[{"name": "t", "role": "teacher", "path": str(teacher), "draft": str(draft),
                                "backend": "vllm"}])

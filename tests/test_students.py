@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from distill.cli import STAGES, _config_class
-from distill.config import build, load_recipe
-from distill.plan import architecture, load_arch
+from distill.config import build, keys, load_recipe
+from distill.planner import architecture, load_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 # Model cards' "Number of Parameters", which cut (not round) to three digits: 7,615,616,512 is "7.61B" and
@@ -43,7 +43,7 @@ def test_recipe_builds_and_trl_settings_exist(name):
 
     path = ROOT / "students" / f"{name}.yaml"
     recipe = load_recipe(str(path))
-    all_fields = {f.name for s in STAGES for f in dataclasses.fields(_config_class(s))}
+    all_fields = {k for s in STAGES for k in keys(_config_class(s))}
     sft = build(_config_class("sft"), "sft", recipe, {}, str(path), set(STAGES), all_fields)
     plan = build(_config_class("plan"), "plan", recipe, {}, str(path), set(STAGES), all_fields)
     assert plan.training == recipe["sft"]  # the YAML alias: the plan sees exactly the sft section

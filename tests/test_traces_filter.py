@@ -7,15 +7,16 @@ import time
 
 from datasets import load_dataset
 
-from distill import filter as filt
-from distill import traces
 from distill.artifacts import read_jsonl
+from distill.config import make
+from distill.stages import filter as filt
+from distill.stages import traces
 
 from .conftest import ROOT
 
 
 def test_solver_traces_then_filter_make_a_trl_ready_dataset(built):
-    out = traces.run(traces.TracesConfig(run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
+    out = traces.run(make(traces.TracesConfig, run="t", runs_dir=str(built), name="solver", backend="solver", n=1))
     rows = read_jsonl(out / "traces.jsonl")
     problems = read_jsonl(built / "t" / "problems" / "train.jsonl")
     assert [(r["problem_id"], r["sample"]) for r in rows] == [(p["id"], 0) for p in problems]
@@ -64,7 +65,7 @@ def test_filter_drops_each_reason(built, tmp_path):
 
 def _traces_cmd(built, model, out_name):
     return [sys.executable, "-m", "distill.cli", "traces", f"runs_dir={built}", "run=t", f"name={out_name}",
-            f"model={model}", "n=3", "max_new_tokens=24", "max_answer_tokens=4", "batch_size=4", "chunk=4",
+            f"model={model}", "n=3", "max_thinking=24", "max_answer_tokens=4", "batch_size=4", "chunk=4",
             "threads=1"]
 
 
@@ -99,7 +100,7 @@ def test_traces_resume_only_with_the_settings_that_made_the_log(built):
 
     model = built / "t" / "init" / "tiny"
     args = ["traces", f"runs_dir={built}", "run=t", "name=ident", f"model={model}", "n=2", "limit=3",
-            "max_new_tokens=8", "max_answer_tokens=4", "threads=1"]
+            "max_thinking=8", "max_answer_tokens=4", "threads=1"]
     distill(*args)
     log = built / "t" / "traces" / "ident" / "traces.jsonl"
     before = log.read_bytes()
@@ -117,17 +118,17 @@ def test_traces_resumes_only_a_log_made_with_every_sample_shaping_setting(built)
     from distill.artifacts import UserError
 
     tiny = str(built / "t" / "init" / "tiny")
-    cfg = dict(run="t", runs_dir=str(built), name="shaping", model=tiny, n=1, limit=4, max_new_tokens=8,
+    cfg = dict(run="t", runs_dir=str(built), name="shaping", model=tiny, n=1, limit=4, max_thinking=8,
                max_answer_tokens=4, batch_size=4, chunk=4, threads=1)
-    out = traces.run(traces.TracesConfig(**cfg))
+    out = traces.run(make(traces.TracesConfig, **cfg))
     # a batch's seed follows its chunk and batch; dtype and kernel change the logits: each refuses the log
     for key, value in (("batch_size", 2), ("chunk", 2), ("dtype", "float32"), ("attn_implementation", "eager"),
                        ("vllm", {"max_model_len": 512})):
         with pytest.raises(UserError, match=rf"made with other settings \({key}: "):
-            traces.run(traces.TracesConfig(**cfg | {key: value, "n": 2}))
+            traces.run(make(traces.TracesConfig, **cfg | {key: value, "n": 2}))
     # a log recorded before these settings were part of its identity is theirs when they are at their defaults
     ident = json.loads((out / ".identity.json").read_text())
     for key in ("vllm", "llama_cpp", "dtype", "attn_implementation"):
         del ident[key]
     (out / ".identity.json").write_text(json.dumps(ident))
-    assert traces.run(traces.TracesConfig(**cfg)) == out
+    assert traces.run(make(traces.TracesConfig, **cfg)) == out

@@ -8,7 +8,7 @@ off), each with its own seed (seed + position). Single-stream on CPU is what lla
 latency is its own.
 
 Settings (the recipe's `llama_cpp:` section) pass through to `llama_cpp.Llama`: n_ctx, n_gpu_layers, n_batch,
-...; n_threads and n_threads_batch default to 1 (shared/notes/local-quantized.md: on these VMs 2 OpenMP
+...; n_threads and n_threads_batch default to 1 (docs/cpu.md: on these VMs 2 OpenMP
 threads stall at random and 1 thread is faster; n_threads_batch's own default is every core).
 """
 

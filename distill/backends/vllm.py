@@ -5,8 +5,7 @@ vLLM pins its own torch and transformers, so it runs from its own venv: `make in
 (exactly the transformers backend's), one request per prompt with its own seed; prefix caching is on (eval's
 forced answers and a problem's `n` samples share long prefixes). Everything under the recipe's `vllm:`
 passes through to `vllm.LLM` (tensor_parallel_size, data_parallel_size, gpu_memory_utilization,
-max_model_len, dtype, ...). Without a GPU the defaults are the ones measured on CPU (shared/notes/
-vllm-on-cpu.md): float32 (bf16 is ~4x slower without AVX512-BF16), eager mode, OpenMP threads bound to every
+max_model_len, dtype, ...). Without a GPU the defaults are the ones measured on CPU (docs/cpu.md): float32 (bf16 is ~4x slower without AVX512-BF16), eager mode, OpenMP threads bound to every
 core, a bounded KV cache, and the compile cache under the run folder.
 """
 

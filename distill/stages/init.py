@@ -7,20 +7,22 @@ Output: runs/<run>/init/<name>/.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.artifacts import UserError, finish, stage_dir, staging
+from distill.config import opt
 
 
 @dataclass
 class InitConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "model"
-    tokenizer: str = ""  # default: runs/<run>/tokenizer
-    arch: dict = field(default_factory=dict)  # Qwen2Config keyword arguments
-    seed: int = 0
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("model", "the model's name: runs/<run>/init/<name>/")
+    tokenizer: str = opt("", "default: runs/<run>/tokenizer")
+    arch: dict = opt(dict, "Qwen2Config keyword arguments")
+    seed: int = opt(
+        0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
 
     def __post_init__(self):
         if not self.arch:

@@ -22,13 +22,14 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from distill import effort
 from distill.artifacts import UserError, atomic_write_json, code_version, finish, stage_dir, staging
+from distill.config import opt
 
 log = logging.getLogger("distill")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -39,24 +40,24 @@ MODEL_FILES = ("*.safetensors", "model.safetensors.index.json", "config.json", "
 
 @dataclass
 class PublishConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "student"  # the sft stage's name: the defaults below are that stage's artifacts
-    repo_id: str = ""  # ORG/NAME of the model repo (required)
-    dataset_repo_id: str = ""  # default: <repo_id>-traces
-    model: str = ""  # the trained model folder (default runs/<run>/sft/<name>/model)
-    training_config: str = ""  # the sft stage's config.yaml (default: beside the model folder)
-    results: str = ""  # eval results.json (default runs/<run>/eval/results.json)
-    eval_name: str = ""  # the model's entry in results.json (default: name)
-    data: str = ""  # filter's train.jsonl (default: the training config's `data`)
-    traces: str = ""  # traces.jsonl (default: traces/<t>/traces.jsonl of the data's filter/<t>/)
-    base_model: str = ""  # Hub id (default: the training config's `model` when it is a Hub id)
-    license: str = "apache-2.0"
-    datasets: list[str] = field(default_factory=list)  # card metadata (default: [dataset_repo_id])
-    benchmark: str = ""  # model-index dataset type (default: the eval problems' hf_id or benchmark name)
-    revision: str = ""  # branch to upload to (created if missing); "" = main
-    private: bool = False
-    push: bool = False
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("student", "the sft stage's name: the defaults below are that stage's artifacts")
+    repo_id: str = opt("", "ORG/NAME of the model repo (required)")
+    dataset_repo_id: str = opt("", "default: <repo_id>-traces")
+    model: str = opt("", "the trained model folder (default runs/<run>/sft/<name>/model)")
+    training_config: str = opt("", "the sft stage's config.yaml (default: beside the model folder)")
+    results: str = opt("", "eval results.json (default runs/<run>/eval/results.json)")
+    eval_name: str = opt("", "the model's entry in results.json (default: name)")
+    data: str = opt("", "filter's train.jsonl (default: the training config's `data`)")
+    traces: str = opt("", "traces.jsonl (default: traces/<t>/traces.jsonl of the data's filter/<t>/)")
+    base_model: str = opt("", "Hub id (default: the training config's `model` when it is a Hub id)")
+    license: str = opt("apache-2.0", "the model card's license")
+    datasets: list[str] = opt(list, "card metadata (default: [dataset_repo_id])")
+    benchmark: str = opt("", "model-index dataset type (default: the eval problems' hf_id or benchmark name)")
+    revision: str = opt("", "branch to upload to (created if missing); \"\" = main")
+    private: bool = opt(False, "create the Hub repository private")
+    push: bool = opt(False, "upload to the Hub (default: write the folder only; `--push` = push=true)")
 
     def __post_init__(self):
         if not REPO_ID.match(self.repo_id or ""):

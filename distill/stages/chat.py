@@ -11,13 +11,14 @@ answers only, without their thinking, as reasoning models are trained to see the
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from distill import effort
 from distill.artifacts import UserError
-from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive
+from distill.config import NonNeg, opt
+from distill.sampling import Engine, Sampling, group
 
 DIM, RESET = "\033[2m", "\033[0m"
 HELP = "commands: /effort low|medium|high, /reset, /quit"
@@ -25,61 +26,55 @@ HELP = "commands: /effort low|medium|high, /reset, /quit"
 
 @dataclass
 class ChatConfig:
-    model: str = ""  # a local model folder, loaded here
-    url: str = ""  # or a server, e.g. http://127.0.0.1:8000/v1
-    name: str = ""  # the served model's name (default: the server's first)
-    api_key_env: str = ""  # environment variable holding the server's key
-    effort: Literal["", "low", "medium", "high"] = ""  # "": the server's default (medium where calibrated)
-    show_thinking: bool = True
-    history: bool = True  # send earlier turns; false: every question stands alone
-    temperature: NonNegFloat = 0.6
-    top_p: Prob = 0.95
-    max_tokens: NonNeg = 0  # thinking + answer; 0: the server's default (a local model: 512)
-    max_thinking: Pos = 256  # a local model without calibration
-    answer_cue: str = "Final answer:"
-    backend: Literal["transformers", "vllm", "llama_cpp"] = "transformers"  # a local model; .gguf: llama_cpp
-    vllm: dict = field(default_factory=dict)
-    llama_cpp: dict = field(default_factory=dict)
-    seed: int = 0
-    threads: NonNeg = 0
-    run: str = "chat"
-    runs_dir: str = "runs"
+    model: str = opt("", "a local model folder (or .gguf), loaded here")
+    url: str = opt("", "or a server, e.g. http://127.0.0.1:8000/v1")
+    name: str = opt("", "the served model's name (default: the server's first)")
+    api_key_env: str = opt("", "environment variable holding the server's key")
+    effort: Literal["", "low", "medium", "high"] = opt(
+        "", "reasoning effort (empty: the server's default, medium "
+                                                           "where calibrated)")
+    show_thinking: bool = opt(True, "print the thinking (dimmed) before the answer")
+    history: bool = opt(True, "send earlier turns; false: every question stands alone")
+    max_tokens: NonNeg = opt(0, "thinking + answer; 0: the server's default (a local model: 512)")
+    run: str = opt("chat", "backend vllm keeps its cache under runs_dir/run")
+    runs_dir: str = opt("runs", "where runs live")
+    sampling: Sampling = group(Sampling)  # max_thinking: a local model without calibration
+    engine: Engine = group(Engine)  # a local model's; .gguf: llama_cpp
 
     def __post_init__(self):
-        check_literals(self)
         if bool(self.model) == bool(self.url):
             raise ValueError("give either model=<local model folder> or url=<a server, e.g. "
                              "http://127.0.0.1:8000/v1>")
-        if self.max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        check_positive("max_thinking", self.max_thinking)
         if self.model.endswith(".gguf"):
-            self.backend = "llama_cpp"
+            self.engine.backend = "llama_cpp"
+        if self.engine.backend in ("openai", "solver"):
+            raise ValueError(f"backend={self.engine.backend}: chat loads a local model, or talks to a server "
+                             "given as url=")
 
 
 def _local(cfg: ChatConfig):
     """(ask, efforts, errors to report and go on) for a model in this process: serve's chat sampling."""
-    from distill import backends, serve
     from distill import generate as G
     from distill.artifacts import Fallbacks
+    from distill.sampling import open_backend
+    from distill.stages import serve
 
     folder = Path(cfg.model).parent if cfg.model.endswith(".gguf") else Path(cfg.model)
     if not folder.is_dir() or not Path(cfg.model).exists():
         raise UserError(f"chat: model not found: {cfg.model}")
     efforts = effort.load(folder)
-    G.set_threads(cfg.threads)
-    backend = backends.load(cfg.backend, cfg.model, settings=getattr(cfg, cfg.backend, {}),
-                            fallbacks=Fallbacks(), runs_dir=cfg.runs_dir, run=cfg.run, batch_size=1)
+    G.set_threads(cfg.engine.threads)
+    backend = open_backend(cfg.engine, cfg.model, runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=Fallbacks())
     G.stop_tokens(backend.tok)
     turns, cap = [0], cfg.max_tokens or 512
 
     def ask(messages: list[dict], level: str):
-        budget = efforts[level] if efforts and level else cfg.max_thinking
+        budget = efforts[level] if efforts and level else cfg.sampling.max_thinking
         turns[0] += 1
         r = serve.sample_chat(backend, [G.think_prompt(backend.tok, messages)],
-                              thinking=min(budget, cap), max_tokens=[cap], cue=cfg.answer_cue,
-                              temperature=cfg.temperature, top_p=cfg.top_p,
-                              seed=cfg.seed + 7919 * turns[0])[0]
+                              thinking=min(budget, cap), max_tokens=[cap], cue=cfg.sampling.answer_cue,
+                              temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                              seed=cfg.sampling.seed + 7919 * turns[0])[0]
         yield "thinking", r["thinking"]
         yield "answer", r["answer"]
         yield "reasoning_tokens", r["reasoning_tokens"]
@@ -111,7 +106,7 @@ def _remote(cfg: ChatConfig):
 
     def ask(messages: list[dict], level: str):
         stream = client.chat.completions.create(
-            model=name, messages=messages, temperature=cfg.temperature, top_p=cfg.top_p, stream=True,
+            model=name, messages=messages, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, stream=True,
             stream_options={"include_usage": True}, **({"reasoning_effort": level} if level else {}),
             **({"max_tokens": cfg.max_tokens} if cfg.max_tokens else {}))
         for chunk in stream:
@@ -172,7 +167,7 @@ def _effort_line(level: str, efforts: dict | None, unset: str) -> str:
 def run(cfg: ChatConfig) -> Path:
     ask, efforts, errors = _local(cfg) if cfg.model else _remote(cfg)
     level, history, out = cfg.effort or ("medium" if cfg.model and efforts else ""), [], sys.stdout
-    unset = f"none calibrated (thinking <= {cfg.max_thinking} tokens)" if cfg.model else \
+    unset = f"none calibrated (thinking <= {cfg.sampling.max_thinking} tokens)" if cfg.model else \
         "the server's default"
     where = f"local {cfg.model}" if cfg.model else cfg.url
     print(f"distill chat: {where}; {_effort_line(level, efforts, unset)}; {HELP}", flush=True)

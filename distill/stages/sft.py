@@ -24,9 +24,9 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from distill import backends, training
 from distill import capabilities as caps
@@ -40,43 +40,54 @@ from distill.artifacts import (
     sha256,
     stage_dir,
 )
-from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive, defaults
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_literals, check_positive, defaults, opt
 from distill.memory import PeakMemory
 
 log = logging.getLogger("distill")
 
 
+# transformers' SchedulerType values (tests/test_config.py holds them equal)
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                    "warmup_stable_decay", "greedy"]
+
+
 @dataclass
 class SftConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "student"
-    model: str = ""  # path or Hub id of the model to train
-    data: str = ""  # train.jsonl with `messages` (default runs/<run>/filter/teacher/train.jsonl)
-    epochs: PosFloat = 1.0
-    lr: PosFloat = 1e-4
-    warmup: NonNegFloat = 0.05  # <1: share of the steps; >=1: steps
-    scheduler: str = "cosine"
-    weight_decay: NonNegFloat = 0.0
-    batch_size: Pos = 16
-    grad_accum: Pos = 1
-    max_length: Pos = 2048
-    optim: caps.Optimizer = "adamw_bnb_8bit"  # falls back where bitsandbytes can't step (distill/capabilities.py)
-    attn_implementation: caps.Attention = "flash_attention_2"  # falls back to sdpa where it can't run
-    dtype: caps.Dtype = "auto"  # the weights as loaded (auto: the checkpoint's own)
-    gradient_checkpointing: bool = False
-    threads: NonNeg = 0  # torch threads (0: torch's default)
-    logging_steps: Pos = 10
-    save_steps: Pos = 200
-    seed: int = 0
-    method: Literal["sft", "gkd"] = "sft"  # gkd: logit distillation from `teacher` (TRL's GKDTrainer)
-    teacher: str = ""  # gkd: path or Hub id of the teacher; it must share the student's tokenizer
-    plan: dict = field(default_factory=dict)  # the recipe's `plan:` section (cli.py puts it here)
-    force: bool = False  # train even when the plan says the run does not fit
-    revision: str = ""  # a Hub model pinned to a tag, branch or commit
-    trust_remote_code: bool = False  # run code shipped with the checkpoint (logged, in the manifest)
-    allow_pickle: bool = False  # load weights that are not safetensors
-    trl: dict = field(default_factory=dict)  # any other trl.SFTConfig (gkd: GKDConfig) field, passed through
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("student", "the model's name: runs/<run>/sft/<name>/")
+    model: str = opt("", "path or Hub id of the model to train")
+    data: str = opt("", "train.jsonl with `messages` (default runs/<run>/filter/teacher/train.jsonl)")
+    epochs: PosFloat = opt(1.0, "passes over the data (trl.max_steps wins)")
+    lr: PosFloat = opt(1e-4, "peak learning rate")
+    warmup: NonNegFloat = opt(0.05, "<1: share of the steps; >=1: steps")
+    scheduler: Scheduler = opt("cosine", "transformers' SchedulerType")
+    weight_decay: NonNegFloat = opt(0.0, "AdamW's weight decay")
+    batch_size: Pos = opt(16, "rows per micro-batch per process")
+    grad_accum: Pos = opt(1, "micro-batches per optimizer step")
+    max_length: Pos = opt(2048, "tokens per row at most (longer rows are cut)")
+    optim: caps.Optimizer = opt(
+        "adamw_bnb_8bit", "falls back where bitsandbytes can't step (distill/capabilities.py)")
+    attn_implementation: caps.Attention = opt("flash_attention_2", "falls back to sdpa where it can't run")
+    dtype: caps.Dtype = opt("auto", "the weights as loaded (auto: the checkpoint's own)")
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in backward: less memory, ~1/3 more compute")
+    threads: NonNeg = opt(0, "torch threads (0: torch's default)")
+    logging_steps: Pos = opt(10, "log the loss every this many steps")
+    save_steps: Pos = opt(200, "checkpoint every this many steps")
+    seed: int = opt(
+        0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
+    method: Literal["sft", "gkd"] = opt("sft", "gkd: logit distillation from `teacher` (TRL's GKDTrainer)")
+    teacher: str = opt("", "gkd: path or Hub id of the teacher; it must share the student's tokenizer")
+    plan: dict = opt(dict, "the memory plan's settings (distill/planner.py): the recipe's `plan:` section")
+    force: bool = opt(False, "train even when the plan says the run does not fit")
+    revision: str = opt("", "a Hub model pinned to a tag, branch or commit")
+    trust_remote_code: bool = opt(False, "run code shipped with the checkpoint (logged, in the manifest)")
+    allow_pickle: bool = opt(False, "load weights that are not safetensors")
+    trl: dict = opt(dict, "any other trl.SFTConfig (gkd: GKDConfig) field, passed through")
+    # the recipe's top-level `plan:` section is read whole into `plan` (its `training:` is this section itself)
+    SECTIONS: ClassVar[dict] = {"plan": "plan"}
 
     def __post_init__(self):
         check_literals(self)
@@ -109,7 +120,7 @@ def _check_memory(cfg: SftConfig, facts: caps.Facts, choices: dict, config_json:
     with the features this machine runs (the capabilities); engine and GPU count are the launch's (one plain
     process is one GPU); the rest (gpu_memory, precision, reserve, ...) comes from the recipe's `plan:`.
     Returns the plan's estimate (for the manifest), None when nothing was planned."""
-    from distill import plan
+    from distill import planner as plan
 
     if not cfg.plan and not facts.cuda:
         return None  # the CPU demo: nothing to plan
@@ -124,7 +135,7 @@ def _check_memory(cfg: SftConfig, facts: caps.Facts, choices: dict, config_json:
     try:
         if config_json is not None:  # the model that will load, not the recipe's shipped architecture
             settings["arch"] = str(config_json)
-        p = plan.plan(plan.PlanConfig(**settings), facts)
+        p = plan.plan(plan.PlanConfig(**settings), cfg, facts)
     except (TypeError, ValueError, AttributeError, UserError) as e:
         if cfg.plan:  # the recipe asked for the plan: its mistakes are the user's to fix
             raise UserError(f"sft: plan: {str(e).splitlines()[0]}") from None

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.artifacts import UserError, atomic_write_text, finish, read_jsonl, stage_dir
+from distill.config import opt
 
 
 @dataclass
 class ReportConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    title: str = "distill report"
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    title: str = opt("distill report", "the report's title")
 
 
 def _load(path: Path):

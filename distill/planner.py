@@ -1,29 +1,38 @@
-"""Stage `plan`: will this training fit in GPU memory? Per GPU: weights, gradients, optimizer states, activations
-and buffers for a recipe's student on an engine (ddp, fsdp, DeepSpeed ZeRO 1/2/3, ZeRO-3 with CPU offload),
-a verdict, the largest micro-batch that fits and the gradient accumulation that keeps the global batch.
+"""The memory planner: will a training fit in GPU memory? Per GPU: weights, gradients, optimizer states,
+activations and buffers for a student on an engine (ddp, fsdp, DeepSpeed ZeRO 1/2/3, ZeRO-3 with CPU offload),
+a verdict, the largest micro-batch that fits and the gradient accumulation that keeps the global batch. Used by
+the `plan` stage and by `sft` before it loads a model (a recipe's `plan:` section is a PlanConfig).
 
-The architecture is built on the meta device from the config.json shipped with the recipe (no download);
-accelerate's `calculate_maximum_sizes` gives the weights and the largest layer, DeepSpeed's ZeRO estimators
-(if deepspeed is installed) are printed beside ours as a cross-check. What neither library estimates is ours:
-optimizer variants (8-bit, paged, bf16 states), activations (by micro-batch, length, checkpointing and attention
-kernel), the logits/loss head and buffers. Model states follow the ZeRO paper (Rajbhandari et al. 2020, Fig. 1):
-2 bytes of bf16 weights + 2 of gradients + K of optimizer state per parameter, each split over N GPUs by stage.
-GB here is 1e9 bytes, as in the ZeRO paper; an "80 GB" H100 has ~85e9, so the verdict keeps ~6% slack.
-Output: runs/<run>/plan/<name>/plan.json, and the table on stdout.
+The architecture is built on the meta device from a config.json (no download); accelerate's
+`calculate_maximum_sizes` gives the weights and the largest layer, DeepSpeed's ZeRO estimators (if deepspeed is
+installed) are printed beside ours as a cross-check. What neither library estimates is ours: optimizer variants
+(8-bit, paged, bf16 states), activations (by micro-batch, length, checkpointing and attention kernel), the loss
+head and buffers. Model states follow the ZeRO paper (Rajbhandari et al. 2020, Fig. 1): 2 bytes of bf16 weights
++ 2 of gradients + K of optimizer state per parameter, each split over N GPUs by stage. GB here is 1e9 bytes, as
+in the ZeRO paper; an "80 GB" H100 has ~85e9, so the verdict keeps ~6% slack. Each feature is planned as
+distill/capabilities.py decides it for the machine (this one, or an assumed GPU).
 """
 
 from __future__ import annotations
 
 import json
-import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from distill import capabilities as caps
-from distill.artifacts import UserError, atomic_write_json, finish, stage_dir
-from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_choice, check_literals, check_positive
+from distill.artifacts import UserError
+from distill.config import (
+    NonNeg,
+    NonNegFloat,
+    Pos,
+    PosFloat,
+    check_choice,
+    check_literals,
+    check_positive,
+    opt,
+)
 
 GB = 1e9
 ENGINES = ("ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload")
@@ -35,31 +44,36 @@ OPTIMIZERS = {"adamw_torch": (8, 4), "adamw_torch_fused": (8, 4), "paged_adamw_3
 
 @dataclass
 class PlanConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "student"
-    arch: str = ""  # the student's config.json (or a model directory holding one)
-    training: dict = field(default_factory=dict)  # the recipe's sft section (`training: *sft` in YAML)
-    engine: Literal["ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload"] = "ddp"
-    gpus: Pos = 1
-    gpu_memory: PosFloat = 80.0  # GB per GPU
-    global_batch: NonNeg = 0  # rows per optimizer step to keep (0: batch_size x grad_accum x gpus)
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("student", "the plan's name: runs/<run>/plan/<name>/")
+    arch: str = opt("", "the student's config.json (or a model directory holding one)")
+    training: dict = opt(dict, "the recipe's sft section (`training: *sft` in YAML)")
+    engine: Literal["ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload"] = opt(
+        "ddp", "ddp, fsdp, zero1, zero2, zero3 or zero3_offload (students/accelerate/)")
+    gpus: Pos = opt(1, "GPUs in the launch")
+    gpu_memory: PosFloat = opt(80.0, "GB per GPU")
+    global_batch: NonNeg = opt(
+        0, "rows per optimizer step to keep (0: batch_size x grad_accum x gpus)")
     # Overrides of the training section (0 / "" / None: take the recipe's).
-    max_length: NonNeg = 0
-    batch_size: NonNeg = 0  # micro-batch per GPU
-    optim: str = ""
-    gradient_checkpointing: bool | None = None
-    attn_implementation: str = ""
-    liger: bool | None = None  # Liger's kernels (default: training.trl.use_liger_kernel)
-    dtype: str = ""  # the weights as loaded (default: the training section's; auto: the checkpoint's own)
+    max_length: NonNeg = opt(0, "tokens per row (0: the training section's)")
+    batch_size: NonNeg = opt(0, "micro-batch per GPU")
+    optim: str = opt("", "optimizer (empty: the training section's)")
+    gradient_checkpointing: bool | None = opt(None, "(empty: the training section's)")
+    attn_implementation: str = opt("", "(empty: the training section's)")
+    liger: bool | None = opt(None, "Liger's kernels (default: training.trl.use_liger_kernel)")
+    dtype: str = opt(
+        "", "the weights as loaded (default: the training section's; auto: the checkpoint's own)")
     # How the bytes are kept. auto: from the engine, the weights' dtype and the mixed precision that will run.
     # mixed: bf16 compute with fp32 master weights and optimizer states (DeepSpeed, FSDP, DDP over fp32 weights:
     # 16 bytes per parameter, the ZeRO paper's); bf16: everything in the weights' half precision (one GPU / DDP
     # over a bf16 checkpoint); fp32: no mixed precision over fp32 weights (the CPU demo).
-    precision: Literal["auto", "mixed", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "mixed", "bf16", "fp32"] = opt(
+        "auto", "how the bytes are kept: auto (from the engine, the weights' dtype and the mixed precision that runs), mixed, bf16 or fp32")
     # GB per GPU for the CUDA context, NCCL buffers and allocator fragmentation (on CPU: what a first training step
     # costs beyond the model, ~0.05 GB measured, bench/plan_memory.py); default 2 on a GPU, 0.05 on CPU
-    reserve: NonNegFloat | None = None
+    reserve: NonNegFloat | None = opt(
+        None, "GB per GPU for the CUDA context, NCCL and fragmentation (default 2; on CPU 0.05)")
 
     def __post_init__(self):
         check_literals(self)
@@ -218,17 +232,10 @@ def facts_for_plan():
     return caps.probe({"flash", "liger", "bnb"}) if torch.cuda.is_available() else caps.ASSUMED_GPU
 
 
-def resolve(cfg: PlanConfig, facts: caps.Facts) -> dict:
-    """The training shape as it will run: overrides over the recipe's sft section over SftConfig's defaults,
-    each feature as `capabilities.decide` resolves it on a machine with these facts."""
-    from distill.sft import SftConfig
-
-    t = dict(cfg.training)
-    t.setdefault("model", cfg.arch)
-    try:
-        sft = SftConfig(**t)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"plan: training: {str(e).splitlines()[0]}") from None
+def resolve(cfg: PlanConfig, sft, facts: caps.Facts) -> dict:
+    """The training shape as it will run: the plan's overrides over `sft` (the sft stage's config: the recipe's
+    sft section with its defaults), each feature as `capabilities.decide` resolves it on a machine with these
+    facts."""
     wants = caps.Wants(attn=cfg.attn_implementation or sft.attn_implementation,
                        liger=bool(sft.trl.get("use_liger_kernel")) if cfg.liger is None else cfg.liger,
                        optim=cfg.optim or sft.optim, precision=caps.wanted_precision(sft.trl),
@@ -250,7 +257,7 @@ def resolve(cfg: PlanConfig, facts: caps.Facts) -> dict:
             else cfg.gradient_checkpointing,
             "global_batch": cfg.global_batch or sft.batch_size * sft.grad_accum * cfg.gpus,
             "attn": "flash" if attn.startswith("flash") else attn,
-            # on GPU SFTTrainer's chunked head; on CPU sft computes the model's own loss (distill/sft.py)
+            # on GPU SFTTrainer's chunked head; on CPU sft computes the model's own loss (distill/stages/sft.py)
             "head": "chunked" if facts.cuda else "logits",
             "packed": used["batching"] == "packed rows",
             "reserve": cfg.reserve if cfg.reserve is not None else 2.0 if facts.cuda else CPU_RESERVE,
@@ -332,10 +339,11 @@ def table(a: dict, cfg: PlanConfig, shape: dict, est: dict, fit: int, split: tup
     return "\n".join(lines)
 
 
-def plan(cfg: PlanConfig, facts: caps.Facts | None = None) -> dict:
-    """The plan for a machine with these facts (sft passes its own; None: see facts_for_plan)."""
+def plan(cfg: PlanConfig, sft, facts: caps.Facts | None = None) -> dict:
+    """The plan of `sft` (the sft stage's config) for a machine with these facts (sft passes its own; None:
+    see facts_for_plan)."""
     a = architecture(load_arch(cfg.arch))
-    shape = resolve(cfg, facts or facts_for_plan())
+    shape = resolve(cfg, sft, facts or facts_for_plan())
     est = estimate(a, cfg, shape, shape["batch_size"])
     fit = largest_fit(a, cfg, shape)
     split = accumulation(shape["global_batch"], cfg.gpus, fit)
@@ -343,21 +351,3 @@ def plan(cfg: PlanConfig, facts: caps.Facts | None = None) -> dict:
     return {"architecture": a, "shape": shape, "estimate": est, "largest_micro_batch": fit,
             "micro_batch_for_global": split[0], "grad_accum_for_global": split[1], "deepspeed_estimate": ds,
             "fits": est["total"] <= cfg.gpu_memory * GB, "table": table(a, cfg, shape, est, fit, split, ds)}
-
-
-def run(cfg: PlanConfig) -> Path:
-    started = time.time()
-    p = plan(cfg)
-    print(p["table"])
-    if not p["fits"]:
-        hint = (f"micro-batch {p['largest_micro_batch']} fits" if p["largest_micro_batch"]
-                else "try more GPUs, engine=zero3 / zero3_offload, gradient_checkpointing=true or a shorter max_length")
-        raise UserError(f"plan: {cfg.name} does not fit: {p['estimate']['total'] / GB:.1f} GB per GPU > "
-                        f"{cfg.gpu_memory:g} GB at micro-batch {p['estimate']['micro_batch']} ({hint})")
-    out = stage_dir(cfg.runs_dir, cfg.run, "plan", cfg.name)
-    atomic_write_json(out / "plan.json", {k: v for k, v in p.items() if k != "table"})
-    inputs = {"arch": Path(cfg.arch)} if Path(cfg.arch).exists() else {}
-    finish(out, "plan", cfg, inputs, {"params": p["architecture"]["params"], "fits": True,
-                                      "largest_micro_batch": p["largest_micro_batch"]}, started)
-    print(f"plan: -> {out / 'plan.json'}")
-    return out

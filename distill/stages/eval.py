@@ -26,16 +26,15 @@ import io
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import ConfigDict
 from typing_extensions import NotRequired, TypedDict
 
-from distill import backends, metrics, verify
-from distill import capabilities as caps
 from distill import generate as G
+from distill import metrics, verify
 from distill.artifacts import (
     Fallbacks,
     UserError,
@@ -47,8 +46,9 @@ from distill.artifacts import (
     staging,
     write_jsonl,
 )
-from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, Prob, check_literals, check_positive
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_positive, opt
 from distill.memory import PeakMemory
+from distill.sampling import Engine, Sampling, group, open_backend
 
 
 class ModelSpec(TypedDict):
@@ -64,64 +64,48 @@ class ModelSpec(TypedDict):
 
 @dataclass
 class EvalConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    problems: str = ""  # default: runs/<run>/problems/eval.jsonl (held out)
-    models: list[ModelSpec] = field(default_factory=list)  # [{name, role: teacher|student, path[, backend, draft]}]
-    backend: Literal["transformers", "vllm", "openai", "llama_cpp"] = "transformers"  # a model's `backend` wins
-    vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
-    openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, ...
-    llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama (n_ctx, ...)
-    trust_remote_code: bool = False  # run code shipped with a checkpoint (logged, in the results)
-    allow_pickle: bool = False  # load weights that are not safetensors
-    budgets: list[Pos] = field(default_factory=lambda: [16, 64, 256])
-    n: Pos = 4
-    temperature: NonNegFloat = 0.6
-    top_p: Prob = 0.95
-    top_k: NonNeg = 0  # 0: off
-    answer_cue: str = "Final answer:"
-    min_thinking: NonNeg = 0  # s1 extension: a thinking closed before this many tokens is told to `wait`
-    wait: str = "Wait"
-    max_waits: NonNeg = 2  # extensions per sample at most
-    grade_processes: Pos = 2  # math-verify worker processes (problems that are not built-in tasks)
-    grade_timeout: PosFloat = 5.0  # seconds per answer; a grading that takes longer counts wrong (and is counted)
-    max_answer_tokens: Pos = 32
-    batch_size: Pos = 64
-    price_per_hour: NonNegFloat = 0.10  # $ per hour of the machine the models are served on
-    limit: NonNeg = 0  # use only the first `limit` problems (0: all)
-    seed: int = 0
-    threads: NonNeg = 0
-    dtype: caps.Dtype = "auto"  # transformers backend: the weights as loaded (auto: the checkpoint's own)
-    attn_implementation: caps.Attention = "sdpa"  # transformers backend (distill/capabilities.py decides)
+    run: str = opt("demo", "the run: outputs go to runs_dir/run/eval/")
+    runs_dir: str = opt("runs", "where runs live")
+    problems: str = opt("", "problems JSONL (default runs/<run>/problems/eval.jsonl: held out)")
+    models: list[ModelSpec] = opt(list, "[{name, role: teacher|student, path[, backend, draft, revision]}]")
+    budgets: list[Pos] = opt(
+        lambda: [16, 64, 256], "thinking budgets, increasing: each sample thinks up to the "
+                                                     "largest, then is cut and answered at each")
+    grade_processes: Pos = opt(2, "math-verify worker processes (problems that are not built-in tasks)")
+    grade_timeout: PosFloat = opt(5.0, "seconds per answer; a grading that takes longer counts wrong (and is "
+                                       "counted)")
+    price_per_hour: NonNegFloat = opt(0.10, "$ per hour of the machine the models are served on")
+    limit: NonNeg = opt(0, "use only the first `limit` problems (0: all)")
     # one untimed pass over the first batch of problems before the timed one, for transformers on CPU without
     # a draft: there a process's first pass page-faults in its buffers and was 10-18% slower, so the first
     # model evaluated looked slower than it serves (bench/RESULTS.md, "the order bias"). Not measured
     # elsewhere; vLLM warms its engine at start, and a draft's one-prompt-at-a-time run would count the
     # warm-up's draft tokens
-    warmup: bool = True
+    warmup: bool = opt(True, "transformers on CPU: an untimed pass first (a first pass runs 10-18% slow)")
+    sampling: Sampling = group(Sampling, n=4)
+    engine: Engine = group(Engine)  # a model's own `backend` wins
 
     def __post_init__(self):
-        check_literals(self)
         check_positive("budgets", self.budgets)
         if not self.budgets or self.budgets != sorted(set(self.budgets)):  # a typo, not an order to fix silently
             raise ValueError(f"budgets must be increasing, without repeats, got {self.budgets}")
-        check_positive("n", self.n)
-        check_positive("batch_size", self.batch_size)
-        if not 0 <= self.min_thinking <= self.budgets[-1]:
+        if self.sampling.max_thinking != Sampling().max_thinking:
+            raise ValueError("max_thinking is not an eval setting: eval thinks up to its largest budget (budgets)")
+        if not 0 <= self.sampling.min_thinking <= self.budgets[-1]:
             raise ValueError(f"min_thinking must be in [0, largest budget {self.budgets[-1]}], "
-                             f"got {self.min_thinking}")
+                             f"got {self.sampling.min_thinking}")
         if not self.models:
             raise ValueError("models is empty: list {name, role, path} for the teacher and the students")
         names = [m.get("name") for m in self.models]
-        for m in self.models:
-            if not isinstance(m, dict) or not {"name", "role", "path"} <= set(m) <= {"name", "role", "path", "backend", "draft"} \
-                    or m["role"] not in ("teacher", "student") or m.get("backend", self.backend) not in backends.KINDS:
-                raise ValueError(f"each model needs name, role (teacher|student), path and optionally backend "
-                                 f"({'|'.join(backends.KINDS)}) and draft; got {m}")
-            if m.get("draft") and m.get("backend", self.backend) != "transformers":
+        for m in self.models:  # keys, roles and backends are checked by pydantic (ModelSpec)
+            kind = m.get("backend", self.engine.backend)
+            if kind == "solver":
+                raise ValueError(f"model {m['name']}: backend solver writes traces only; eval samples a model")
+            if m.get("draft") and kind != "transformers":
                 raise ValueError(f"model {m['name']}: `draft` is a transformers-backend setting; with vLLM use "
                                  "vllm.speculative_config")
-        if any(m.get("backend", self.backend) == "openai" for m in self.models) and self.openai.get("api") == "chat":
+        if any(m.get("backend", self.engine.backend) == "openai" for m in self.models) and \
+                self.engine.openai.get("api") == "chat":
             raise ValueError("budget forcing is unavailable through a chat endpoint (it cannot continue a cut "
                              "thinking): eval needs openai.api=completions")
         if len(set(names)) != len(names):
@@ -130,11 +114,11 @@ class EvalConfig:
 
 def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
     """Thinking at the largest budget, the natural answers, then one forced answer per (sample, cut)."""
-    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-    prompts = [G.think_prompt(backend.tok, p.get("prompt") or p["problem"]) for p in problems for _ in range(cfg.n)]
+    gen_kw = dict(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k)
+    prompts = [G.think_prompt(backend.tok, p.get("prompt") or p["problem"]) for p in problems for _ in range(cfg.sampling.n)]
     results = G.think_and_answer(backend, prompts, max_thinking=cfg.budgets[-1],
-                                 max_answer=cfg.max_answer_tokens, seed=cfg.seed, desc="eval",
-                                 min_thinking=cfg.min_thinking, wait=cfg.wait, max_waits=cfg.max_waits,
+                                 max_answer=cfg.sampling.max_answer_tokens, seed=cfg.sampling.seed, desc="eval",
+                                 min_thinking=cfg.sampling.min_thinking, wait=cfg.sampling.wait, max_waits=cfg.sampling.max_waits,
                                  **gen_kw)
     thinking = [t.ids[:-1] if t.stopped else t.ids for t, _ in results]
     natural = [ans is not None for _, ans in results]  # closed its thinking itself
@@ -142,7 +126,7 @@ def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
     cuts = sorted({(i, min(len(thinking[i]), b)) for i in range(len(prompts)) for b in cfg.budgets
                    if not (natural[i] and len(thinking[i]) <= b)})
     forced = G.forced_answers(backend, [prompts[i] for i, _ in cuts], [thinking[i][:b] for i, b in cuts],
-                              cfg.answer_cue, max_answer=cfg.max_answer_tokens, seed=cfg.seed + 1, desc="forced",
+                              cfg.sampling.answer_cue, max_answer=cfg.sampling.max_answer_tokens, seed=cfg.sampling.seed + 1, desc="forced",
                               **gen_kw)
     return prompts, results, thinking, natural, dict(zip(cuts, forced))
 
@@ -158,12 +142,12 @@ def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok
     """Per-sample rows for every budget, graded (in parallel processes, each answer under a timeout)."""
     rows, items = [], []
     for i, (think, ans) in enumerate(results):
-        p, k = problems[i // cfg.n], i % cfg.n
+        p, k = problems[i // cfg.sampling.n], i % cfg.sampling.n
         for b in cfg.budgets:
             used = min(len(thinking[i]), b)
             gen = ans if natural[i] and len(thinking[i]) <= b else forced[(i, used)]
             was_forced = gen is not ans
-            text = (cfg.answer_cue + " " if was_forced else "") + G.decode(tok, gen.ids)
+            text = (cfg.sampling.answer_cue + " " if was_forced else "") + G.decode(tok, gen.ids)
             items.append((p, text))
             rows.append({"model": name, "problem_id": p["id"], "task": p.get("task"), "level": p.get("level"),
                          "sample": k, "budget": b, "thinking_tokens": used, "waits": think.waits,
@@ -183,13 +167,13 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
     budgets = []
     for b in cfg.budgets:
         rb = [r for r in rows if r["budget"] == b]
-        per_sample = [statistics.mean(r["correct"] for r in rb if r["sample"] == k) for k in range(cfg.n)]
+        per_sample = [statistics.mean(r["correct"] for r in rb if r["sample"] == k) for k in range(cfg.sampling.n)]
         tokens = sum(r["thinking_tokens"] + r["answer_tokens"] for r in rb)
         correct = sum(r["correct"] for r in rb)
         dollars = tokens * s_per_token * cfg.price_per_hour / 3600
         flops = 2 * params * sum(r["prompt_tokens"] + r["thinking_tokens"] + r["answer_tokens"] for r in rb)
         budgets.append({"budget": b, "accuracy": statistics.mean(per_sample),
-                        "accuracy_std": statistics.pstdev(per_sample) if cfg.n > 1 else 0.0,
+                        "accuracy_std": statistics.pstdev(per_sample) if cfg.sampling.n > 1 else 0.0,
                         "mean_thinking_tokens": statistics.mean(r["thinking_tokens"] for r in rb),
                         # the share of samples that closed </think> by themselves within B (not cut and forced);
                         # not s1's "control" (model["s1"]["control"]: thinking kept within the forced bounds)
@@ -209,8 +193,8 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
             "budgets": budgets,
             # the parallel axis at the largest budget: k samples per problem cost k x the tokens of one
             "parallel": metrics.parallel_axis(list(per_problem.values()), budgets[-1]["tokens_per_sample"],
-                                              cfg.seed),
-            "s1": {"control": statistics.mean(r["thinking_tokens"] >= min(cfg.min_thinking, r["budget"])
+                                              cfg.sampling.seed),
+            "s1": {"control": statistics.mean(r["thinking_tokens"] >= min(cfg.sampling.min_thinking, r["budget"])
                                               for r in rows),
                    "scaling": metrics.s1_scaling([(b["mean_thinking_tokens"], b["accuracy"]) for b in budgets]),
                    "performance": max(b["accuracy"] for b in budgets)},
@@ -233,19 +217,16 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
 
 
 def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
-    kind = spec.get("backend", cfg.backend)
-    settings = {"transformers": {"draft": spec["draft"]} if spec.get("draft") else {}, "vllm": cfg.vllm,
-                "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[kind]
-    if kind in ("transformers", "vllm"):  # the loading policy (distill/backends/__init__.py)
-        settings = settings | backends.recipe_policy(cfg, spec.get("revision", ""))
+    kind = spec.get("backend", cfg.engine.backend)
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
-        backend = backends.load(kind, spec["path"], settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
-                                run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
+        backend = open_backend(cfg.engine, spec["path"], runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=fallbacks,
+                               kind=kind, revision=spec.get("revision", ""),
+                               extra={"draft": spec["draft"]} if spec.get("draft") else None)
         G.stop_tokens(backend.tok)
         cpu = kind == "transformers" and backend.info["device"] == "cpu"
         if cfg.warmup and cpu and not spec.get("draft"):
             # each generation is seeded itself: the timed pass samples the same tokens
-            _generate_all(cfg, backend, problems[:max(1, cfg.batch_size // cfg.n)])
+            _generate_all(cfg, backend, problems[:max(1, cfg.engine.batch_size // cfg.sampling.n)])
         started = time.perf_counter()
         prompts, results, thinking, natural, forced = _generate_all(cfg, backend, problems)
         gen_seconds = time.perf_counter() - started
@@ -270,8 +251,8 @@ def _speculative(cfg: EvalConfig, spec: dict, backend, prompts: list[list[int]],
     runs at batch size 1; the batched throughput of the model alone is another regime, not this baseline).
     At temperature 0 the two runs must give identical tokens."""
     s = dict(backend.spec)  # the eval run's counts, before the timing runs below
-    sub = prompts[::cfg.n][:k]
-    kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "seed": cfg.seed}
+    sub = prompts[::cfg.sampling.n][:k]
+    kw = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p, "top_k": cfg.sampling.top_k, "seed": cfg.sampling.seed}
     stop = list(G.stop_tokens(backend.tok))
     runs = {}
     for label in ("target_alone", "with_draft"):
@@ -287,7 +268,7 @@ def _speculative(cfg: EvalConfig, spec: dict, backend, prompts: list[list[int]],
             "speedup_vs_target_alone": runs["with_draft"][1] / max(runs["target_alone"][1], 1e-9),
             "speedup_prompts": len(sub),
             "identical_to_target_alone": ([g.ids for g in runs["with_draft"][0]] ==
-                                          [g.ids for g in runs["target_alone"][0]]) if cfg.temperature == 0 else None}
+                                          [g.ids for g in runs["target_alone"][0]]) if cfg.sampling.temperature == 0 else None}
 
 
 def _csv(models: list[dict]) -> str:
@@ -324,7 +305,7 @@ def run(cfg: EvalConfig) -> Path:
             raise UserError(f"{src}: duplicate id {p['id']!r} (rows {seen[str(p['id'])]} and {i})")
     for spec in cfg.models:
         G.check_tokenizer(spec["path"])  # every model's tokenizer before any model's weights
-    G.set_threads(cfg.threads)
+    G.set_threads(cfg.engine.threads)
     fallbacks, models, samples = Fallbacks(), [], []
     for spec in tqdm(cfg.models, desc="models", unit="model"):
         summary, rows = _eval_model(cfg, spec, problems, fallbacks)
@@ -334,8 +315,8 @@ def run(cfg: EvalConfig) -> Path:
         print(f"eval: {spec['name']}: accuracy {top['accuracy']:.3f} at budget {top['budget']}, "
               f"{summary['cost']['tokens_per_s']:.0f} tokens/s")
     out = stage_dir(cfg.runs_dir, cfg.run, "eval")
-    results = {"problems": str(src), "n_problems": len(problems), "n": cfg.n, "budgets": cfg.budgets,
-               "temperature": cfg.temperature, "models": models}
+    results = {"problems": str(src), "n_problems": len(problems), "n": cfg.sampling.n, "budgets": cfg.budgets,
+               "temperature": cfg.sampling.temperature, "models": models}
     with staging(out) as tmp:
         atomic_write_json(tmp / "results.json", results)
         atomic_write_text(tmp / "results.csv", _csv(models))
@@ -346,6 +327,6 @@ def run(cfg: EvalConfig) -> Path:
         inputs = {"problems": src} | {m["name"]: Path(m["path"]) for m in cfg.models if Path(m["path"]).is_dir()}
         finish(tmp, "eval", cfg, inputs, {"problems": len(problems), "samples": len(samples)}, started,
                fallbacks=fallbacks.items)
-    print(f"eval: {len(cfg.models)} models x {len(problems)} problems x {cfg.n} samples x "
+    print(f"eval: {len(cfg.models)} models x {len(problems)} problems x {cfg.sampling.n} samples x "
           f"{len(cfg.budgets)} budgets -> {out}")
     return out

@@ -16,55 +16,46 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
-from distill import backends, tasks
-from distill import capabilities as caps
 from distill import generate as G
-from distill.artifacts import Fallbacks, UserError, check_identity, finish, read_jsonl, stage_dir, write_jsonl
-from distill.config import NonNeg, NonNegFloat, Pos, Prob, check_literals, check_positive, defaults
+from distill import tasks
+from distill.artifacts import (
+    Fallbacks,
+    UserError,
+    check_identity,
+    finish,
+    flat,
+    read_jsonl,
+    stage_dir,
+    write_jsonl,
+)
+from distill.config import NonNeg, Pos, opt
+from distill.sampling import Engine, Sampling, group, open_backend
 
 
 @dataclass
 class TracesConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "teacher"
-    backend: Literal["transformers", "vllm", "openai", "llama_cpp", "solver"] = "transformers"
-    model: str = ""  # path or Hub id (openai: where the served model's tokenizer comes from)
-    tokenizer: str = ""  # solver backend: counts tokens with this tokenizer (default runs/<run>/tokenizer)
-    vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM (tensor_parallel_size, ...)
-    openai: dict = field(default_factory=dict)  # backend=openai: base_urls, model, api_key_env, api, ...
-    llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama
-    revision: str = ""  # a Hub model pinned to a tag, branch or commit
-    trust_remote_code: bool = False  # run code shipped with the checkpoint (logged, in the manifest)
-    allow_pickle: bool = False  # load weights that are not safetensors
-    problems: str = ""  # default: runs/<run>/problems/train.jsonl
-    limit: NonNeg = 0  # use only the first `limit` problems (0: all)
-    n: Pos = 4
-    temperature: NonNegFloat = 0.8
-    top_p: Prob = 0.95
-    top_k: NonNeg = 0  # 0: off (QwQ's card recommends 20-40)
-    max_new_tokens: Pos = 512  # thinking tokens; a trace that has not closed </think> by then is truncated
-    max_answer_tokens: Pos = 32
-    batch_size: Pos = 64
-    chunk: Pos = 256  # samples written (and fsynced) together
-    seed: int = 0
-    threads: NonNeg = 0  # torch threads (0: torch's default)
-    dtype: caps.Dtype = "auto"  # transformers backend: the weights as loaded (auto: the checkpoint's own)
-    attn_implementation: caps.Attention = "sdpa"  # transformers backend (distill/capabilities.py decides)
+    run: str = opt("demo", "the run: outputs go to runs_dir/run/traces/name/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("teacher", "this teacher's traces: runs/<run>/traces/<name>/")
+    model: str = opt(
+        "", "path or Hub id of the teacher (openai: where the served model's tokenizer comes from)")
+    tokenizer: str = opt(
+        "", "backend solver: counts tokens with this tokenizer (default runs/<run>/tokenizer)")
+    problems: str = opt("", "problems JSONL (default runs/<run>/problems/train.jsonl)")
+    limit: NonNeg = opt(0, "use only the first `limit` problems (0: all)")
+    chunk: Pos = opt(256, "samples written (and fsynced) together; a resumed run restarts at a chunk")
+    sampling: Sampling = group(Sampling, temperature=0.8, n=4, max_thinking=512)
+    engine: Engine = group(Engine)
+    RENAMED: ClassVar[dict] = {"max_new_tokens": "max_thinking"}
 
     def __post_init__(self):
-        check_literals(self)
-        check_positive("n", self.n)
-        check_positive("max_new_tokens", self.max_new_tokens)
-        check_positive("batch_size", self.batch_size)
-        check_positive("chunk", self.chunk)
-        if self.backend != "solver" and not self.model:
-            raise ValueError(f"backend={self.backend} needs `model` (a path or Hub id)")
-        if self.backend == "solver" and self.n != 1:
+        if self.engine.backend != "solver" and not self.model:
+            raise ValueError(f"backend={self.engine.backend} needs `model` (a path or Hub id)")
+        if self.engine.backend == "solver" and self.sampling.n != 1:
             raise ValueError("the solver is deterministic: use n=1")
 
 
@@ -82,16 +73,19 @@ def _resume(path: Path) -> set[tuple[str, int]]:
 # what a sample depends on: a log made with other values of these is not resumed (n and limit may grow). The
 # seeds follow the batches and chunks (a batch's seed is the chunk's plus its index), and the dtype, the
 # attention kernel and the engine's settings change the logits.
-SHAPING = ("backend", "model", "revision", "temperature", "top_p", "top_k", "max_new_tokens", "max_answer_tokens", "seed",
-           "openai", "vllm", "llama_cpp", "batch_size", "chunk", "dtype", "attn_implementation")
+SHAPING = ("backend", "model", "revision", "temperature", "top_p", "top_k", "max_thinking", "max_answer_tokens",
+           "seed", "answer_cue", "min_thinking", "wait", "max_waits", "openai", "vllm", "llama_cpp", "batch_size",
+           "chunk", "dtype", "attn_implementation")
 
 
 def _identity(cfg, src: Path) -> dict:
-    from distill.artifacts import sha256
+    from distill.artifacts import flat, sha256
 
-    ident = {k: getattr(cfg, k) for k in SHAPING} | {"problems_sha256": sha256(src)}
-    ident["openai"] = {k: v for k, v in cfg.openai.items() if k not in ("base_urls", "concurrency", "timeout",
-                                                                       "max_retries", "cache")}
+    values = flat(cfg)
+    ident = {k: values[k] for k in SHAPING} | {"problems_sha256": sha256(src)}
+    ident["max_new_tokens"] = ident.pop("max_thinking")  # its name before the rename: older logs still resume
+    ident["openai"] = {k: v for k, v in cfg.engine.openai.items() if k not in ("base_urls", "concurrency", "timeout",
+                                                                              "max_retries", "cache")}
     if cfg.model and Path(cfg.model).is_dir():
         ident["model_sha256"] = sha256(Path(cfg.model))
     return ident
@@ -102,7 +96,7 @@ def _check_resume(path: Path, ident: dict) -> None:
     matches that setting's default)."""
     if path.exists():
         check_identity(path.parent / ".identity.json", ident, f"traces: {path}",
-                       f"delete {path.parent} or give another name=", defaults=defaults(TracesConfig))
+                       f"delete {path.parent} or give another name=", defaults=flat(TracesConfig(model="-")))
 
 
 def _append(path: Path, rows: list[dict], ident: dict | None = None) -> None:
@@ -120,7 +114,7 @@ def _append(path: Path, rows: list[dict], ident: dict | None = None) -> None:
 def _record(cfg, p, k, thinking, answer, finish_reason, n_think, n_answer, seconds) -> dict:
     return {"problem_id": p["id"], "sample": k, "prompt": prompt_of(p), "thinking": thinking, "answer": answer,
             "finish_reason": finish_reason, "thinking_tokens": n_think, "answer_tokens": n_answer,
-            "wall_s": round(seconds, 4), "teacher": "solver" if cfg.backend == "solver" else cfg.model}
+            "wall_s": round(seconds, 4), "teacher": "solver" if cfg.engine.backend == "solver" else cfg.model}
 
 
 def prompt_of(problem: dict) -> str:
@@ -142,9 +136,10 @@ def _model_chunk(cfg, backend, todo, seed) -> list[dict]:
     tok = backend.tok
     prompts = [G.think_prompt(tok, prompt_of(p)) for p, _ in todo]
     started = time.perf_counter()
-    results = G.think_and_answer(backend, prompts, max_thinking=cfg.max_new_tokens,
-                                 max_answer=cfg.max_answer_tokens, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, desc="traces")
+    sm = cfg.sampling
+    results = G.think_and_answer(backend, prompts, max_thinking=sm.max_thinking, max_answer=sm.max_answer_tokens,
+                                 temperature=sm.temperature, top_p=sm.top_p, top_k=sm.top_k, seed=seed,
+                                 desc="traces", min_thinking=sm.min_thinking, wait=sm.wait, max_waits=sm.max_waits)
     per_sample = (time.perf_counter() - started) / len(todo)  # the chunk's wall time, shared out
     rows = []
     for (p, k), (think, ans) in zip(todo, results):
@@ -162,8 +157,9 @@ def _chat_chunk(cfg, backend, todo, seed) -> list[dict]:
     truncated (no forced answer: a chat endpoint cannot continue a cut thinking)."""
     tok = backend.tok
     started = time.perf_counter()
-    got = backend.chat([prompt_of(p) for p, _ in todo], cfg.max_new_tokens + cfg.max_answer_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed, desc="traces")
+    sm = cfg.sampling
+    got = backend.chat([prompt_of(p) for p, _ in todo], sm.max_thinking + sm.max_answer_tokens,
+                       temperature=sm.temperature, top_p=sm.top_p, top_k=sm.top_k, seed=seed, desc="traces")
     per_sample = (time.perf_counter() - started) / len(todo)
     rows = []
     for (p, k), g in zip(todo, got):
@@ -186,15 +182,15 @@ def run(cfg: TracesConfig) -> Path:
     ident = _identity(cfg, src)
     _check_resume(log_path, ident)  # before any model is loaded
     done = _resume(log_path)
-    todo = [(p, k) for p in problems for k in range(cfg.n) if (p["id"], k) not in done]
+    todo = [(p, k) for p in problems for k in range(cfg.sampling.n) if (p["id"], k) not in done]
     if not todo and (out / "manifest.json").is_file():
         print(f"traces: up to date: {len(done)} samples made with these settings in {log_path}; nothing to "
               f"do (to make them again, delete {out} or give another name=)")
         return out
     fallbacks = Fallbacks()
-    chat = cfg.backend == "openai" and cfg.openai.get("api") == "chat"
-    G.set_threads(cfg.threads)
-    if cfg.backend == "solver":
+    chat = cfg.engine.backend == "openai" and cfg.engine.openai.get("api") == "chat"
+    G.set_threads(cfg.engine.threads)
+    if cfg.engine.backend == "solver":
         from transformers import AutoTokenizer
 
         unknown = [p["id"] for p in problems if p.get("task") not in tasks.FAMILIES]
@@ -207,11 +203,7 @@ def run(cfg: TracesConfig) -> Path:
     else:
         if not chat:
             G.check_tokenizer(cfg.model)  # before the weights load
-        settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[cfg.backend]
-        if cfg.backend in ("transformers", "vllm"):  # the loading policy (distill/backends/__init__.py)
-            settings = settings | backends.recipe_policy(cfg, cfg.revision)
-        backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=fallbacks, runs_dir=cfg.runs_dir,
-                                run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation, batch_size=cfg.batch_size)
+        backend = open_backend(cfg.engine, cfg.model, runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=fallbacks)
         tok = backend.tok
         if not chat:
             G.stop_tokens(tok)  # a tokenizer without </think> is refused before anything is generated
@@ -224,7 +216,7 @@ def run(cfg: TracesConfig) -> Path:
         for c in range(0, len(todo), cfg.chunk):
             chunk = todo[c:c + cfg.chunk]
             # the seed depends on how many samples were done before, so a resumed run stays reproducible
-            seed = cfg.seed + len(done) + c
+            seed = cfg.sampling.seed + len(done) + c
             rows = (_solver_chunk(cfg, tok, chunk) if backend is None else
                     _chat_chunk(cfg, backend, chunk, seed) if chat else _model_chunk(cfg, backend, chunk, seed))
             _append(log_path, rows, ident)

@@ -12,44 +12,52 @@ split was read from (mirror:/abs/file, path:/abs/file or hub:<id>[/<config>]:<sp
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from distill import benchmarks, tasks
 from distill.artifacts import UserError, finish, read_jsonl, stage_dir, staging, write_jsonl
-from distill.config import Pos, Share, check_literals, check_positive
+from distill.config import Pos, Share, check_literals, check_positive, opt
 
 
 @dataclass
 class ProblemsConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    source: Literal["builtin", "jsonl", "benchmark"] = "builtin"
-    tasks: list[str] = field(default_factory=lambda: ["chain", "search"])
-    levels: dict = field(default_factory=lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]})  # per task
-    train_per_task: Pos | dict[str, Pos] = 500  # or {task: count}; each task has ~600-800 distinct training problems
-    eval_per_task: Pos = 100
-    eval_fraction: Share = 0.2  # share of the problem space reserved for eval (by a hash of the text)
-    seed: int = 0
-    train_path: str = ""  # source=jsonl: files with id, problem, answer per row; benchmark: optional train file
-    eval_path: str = ""
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    source: Literal["builtin", "jsonl", "benchmark"] = opt(
+        "builtin", "builtin (the demo's tasks), jsonl (your files) or benchmark (eval/*.yaml)")
+    tasks: list[str] = opt(lambda: ["chain", "search"], "source builtin: the task families")
+    levels: dict = opt(lambda: {"chain": [1, 2, 3, 4], "search": [1, 2]}, "per task")
+    train_per_task: Pos | dict[str, Pos] = opt(
+        500, "or {task: count}; each task has ~600-800 distinct training problems")
+    eval_per_task: Pos = opt(100, "held-out problems per task")
+    eval_fraction: Share = opt(0.2, "share of the problem space reserved for eval (by a hash of the text)")
+    seed: int = opt(
+        0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
+    train_path: str = opt(
+        "", "source=jsonl: files with id, problem, answer per row; benchmark: optional train file")
+    eval_path: str = opt("", "source jsonl: the eval file")
     # source=benchmark (distill/benchmarks.py; recipes in eval/)
-    benchmark: str = ""  # name written into every row (default: the run name)
-    path: str = ""  # local JSONL or Parquet of the eval split; wins over mirror and hf_id
-    mirror: str = ""  # the eval split's file relative to the data root ($DISTILL_DATA), used when present
-    train_mirror: str = ""  # the same for the train split
-    hf_id: str = ""  # Hugging Face dataset id, read through datasets.load_dataset when no local file is used
-    hf_config: str = ""
-    hf_revision: str = ""  # pin hf_id to a tag, branch or commit ("": the Hub's main)
-    split: str = "test"  # hf_id's eval split
-    train_split: str = ""  # hf_id's train split, if any ("": the benchmark is eval-only)
-    fields: dict = field(default_factory=dict)  # {problem, answer, id, level, subject} -> input field name
-    hub_fields: dict = field(default_factory=dict)  # replaces `fields` for hf_id rows (other columns)
-    answer_extract: Literal["none", "gsm8k", "boxed"] = "none"  # how the gold comes out of the answer field
-    answer_type: Literal["integer", "math"] = "math"
-    skip_missing_gold: bool = False  # leave out rows whose answer gives no gold (listed in the manifest)
-    prompt_template: str = "{problem}"
+    benchmark: str = opt("", "name written into every row (default: the run name)")
+    path: str = opt("", "local JSONL or Parquet of the eval split; wins over mirror and hf_id")
+    mirror: str = opt(
+        "", "the eval split's file relative to the data root ($DISTILL_DATA), used when present")
+    train_mirror: str = opt("", "the same for the train split")
+    hf_id: str = opt(
+        "", "Hugging Face dataset id, read through datasets.load_dataset when no local file is used")
+    hf_config: str = opt("", "hf_id's configuration (subset)")
+    hf_revision: str = opt("", "pin hf_id to a tag, branch or commit (\"\": the Hub's main)")
+    split: str = opt("test", "hf_id's eval split")
+    train_split: str = opt("", "hf_id's train split, if any (\"\": the benchmark is eval-only)")
+    fields: dict = opt(dict, "{problem, answer, id, level, subject} -> input field name")
+    hub_fields: dict = opt(dict, "replaces `fields` for hf_id rows (other columns)")
+    answer_extract: Literal["none", "gsm8k", "boxed"] = opt(
+        "none", "how the gold comes out of the answer field")
+    answer_type: Literal["integer", "math"] = opt(
+        "math", "how answers are compared: integer, or math (math-verify)")
+    skip_missing_gold: bool = opt(False, "leave out rows whose answer gives no gold (listed in the manifest)")
+    prompt_template: str = opt("{problem}", "how a problem is asked; {problem} is its text")
 
     def __post_init__(self):
         check_literals(self)

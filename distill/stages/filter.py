@@ -1,7 +1,7 @@
 """Stage `filter`: score every trace and keep the good ones as an SFT dataset.
 
 Drops, in this order: contaminated (only when `decontaminate_against` lists eval sets: the problem shares
-a word 8-gram with one of them, see distill/decontaminate.py; the overlaps go to overlaps.jsonl), truncated
+a word 8-gram with one of them, see distill/stages/decontaminate.py; the overlaps go to overlaps.jsonl), truncated
 (thinking never closed, or the answer hit its token limit), wrong (a built-in task's checker says so; any
 other problem, e.g. a benchmark's, is graded like `eval` grades it: math-verify against its `answer` by its
 `answer_type`, in worker processes under a per-answer timeout, distill/verify.py), over-long
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill import decontaminate, tasks, verify
+from distill import tasks, verify
 from distill.artifacts import (
     UserError,
     atomic_write_json,
@@ -30,29 +30,33 @@ from distill.artifacts import (
     staging,
     write_jsonl,
 )
-from distill.config import Pos, PosFloat, check_literals, check_positive
+from distill.config import Pos, PosFloat, check_literals, check_positive, opt
+from distill.stages import decontaminate
 
 REASONS = ("truncated", "wrong", "overlong", "duplicate", "surplus")
 
 
 @dataclass
 class FilterConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "teacher"
-    traces: str = ""  # default: runs/<run>/traces/<name>/traces.jsonl
-    problems: str = ""  # default: runs/<run>/problems/train.jsonl
-    keep_per_problem: Pos = 2
-    max_thinking_tokens: Pos = 4096
-    select: Literal["random", "shortest"] = "random"
-    seed: int = 0
-    decontaminate_against: list[str] = field(default_factory=list)  # eval.jsonl files or eval/*.yaml recipes
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("teacher", "the traces to filter, runs/<run>/traces/<name>/, and the output's name")
+    traces: str = opt("", "default: runs/<run>/traces/<name>/traces.jsonl")
+    problems: str = opt("", "default: runs/<run>/problems/train.jsonl")
+    keep_per_problem: Pos = opt(2, "traces kept per problem at most (of those that pass)")
+    max_thinking_tokens: Pos = opt(4096, "a trace thinking longer than this is dropped (overlong)")
+    select: Literal["random", "shortest"] = opt(
+        "random", "which passing traces are kept when there are more: random or the shortest")
+    seed: int = opt(
+        0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
+    decontaminate_against: list[str] = opt(
+        list, "eval.jsonl files or eval/*.yaml recipes")
     # the checks that drop a sample; fewer keeps what they would have dropped (`drop=[]`: every trace as the
     # teacher wrote it, the demo's unfiltered ablation), counted in stats.json's `kept_anyway`
     drop: list[Literal["truncated", "wrong", "overlong", "duplicate", "surplus"]] = field(
         default_factory=lambda: list(REASONS))
-    grade_processes: Pos = 2  # math-verify worker processes (problems that are not built-in tasks)
-    grade_timeout: PosFloat = 5.0  # seconds per answer; an answer that takes longer is wrong
+    grade_processes: Pos = opt(2, "math-verify worker processes (problems that are not built-in tasks)")
+    grade_timeout: PosFloat = opt(5.0, "seconds per answer; an answer that takes longer is wrong")
 
     def __post_init__(self):
         check_literals(self)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distill import tasks
 from distill.artifacts import UserError, finish, read_jsonl, stage_dir, staging
-from distill.config import Pos
+from distill.config import Pos, opt
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -42,10 +42,10 @@ CHAT_TEMPLATE = (
 
 @dataclass
 class TokenizerConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    problems: str = ""  # default: runs/<run>/problems/train.jsonl
-    vocab_size: Pos = 384
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    problems: str = opt("", "default: runs/<run>/problems/train.jsonl")
+    vocab_size: Pos = opt(384, "BPE vocabulary size (bytes + merges + the special tokens)")
 
     def __post_init__(self):
         if self.vocab_size < 256 + len(SPECIAL):

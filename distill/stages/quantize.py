@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill.artifacts import Fallbacks, UserError, atomic_write_json, finish, stage_dir, staging
-from distill.config import Pos
+from distill.config import Pos, opt
 
 log = logging.getLogger("distill")
 FORMATS = ("gguf-q8_0", "gguf-q4_k_m", "bnb-8bit", "bnb-4bit")
@@ -48,15 +48,19 @@ CHECK_STRINGS = ["Hello world", "café naïve Ünïcödé", "🚀 emoji 😶‍�
 
 @dataclass
 class QuantizeConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    name: str = "student"  # the sft stage's name: the default model is runs/<run>/sft/<name>/model
-    model: str = ""  # the model folder to quantize (default: runs/<run>/sft/<name>/model)
-    format: Literal["gguf-q8_0", "gguf-q4_k_m", "bnb-8bit", "bnb-4bit"] = "gguf-q4_k_m"
-    pre_tokenizer: str = "gpt-2"  # told to llama.cpp's converter when it does not recognise the tokenizer
-    outtype: Literal["f32", "f16", "bf16"] = "f16"  # the converter's GGUF, which llama.cpp then quantizes
-    threads: Pos = 2  # llama_model_quantize's threads
-    converter: str = ""  # convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else <venv>/share/llama.cpp)
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    name: str = opt("student", "the sft stage's name: the default model is runs/<run>/sft/<name>/model")
+    model: str = opt("", "the model folder to quantize (default: runs/<run>/sft/<name>/model)")
+    format: Literal["gguf-q8_0", "gguf-q4_k_m", "bnb-8bit", "bnb-4bit"] = opt(
+        "gguf-q4_k_m", "gguf-q8_0 / gguf-q4_k_m (llama.cpp) or bnb-8bit / bnb-4bit (bitsandbytes)")
+    pre_tokenizer: str = opt(
+        "gpt-2", "told to llama.cpp's converter when it does not recognise the tokenizer")
+    outtype: Literal["f32", "f16", "bf16"] = opt(
+        "f16", "the converter's GGUF, which llama.cpp then quantizes")
+    threads: Pos = opt(2, "llama_model_quantize's threads")
+    converter: str = opt(
+        "", "convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, else <venv>/share/llama.cpp)")
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -112,7 +116,7 @@ def _gguf(cfg: QuantizeConfig, src: Path, dst: Path, fallbacks: Fallbacks) -> di
     dst.mkdir(parents=True)
     raw = dst.parent / f"model-{cfg.outtype}.gguf"
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "distill.quantize", str(converter), str(src), str(raw),
+    proc = subprocess.run([sys.executable, "-m", "distill.stages.quantize", str(converter), str(src), str(raw),
                            cfg.outtype, cfg.pre_tokenizer], capture_output=True, text=True, check=False)
     (dst.parent / "convert.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:

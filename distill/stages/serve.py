@@ -13,7 +13,7 @@ thinking still open when the budget runs out gets `forced_answers`, the budget f
 
 Batching: every generation request becomes a job on an asyncio queue. One batcher task takes the first
 job, sleeps `batch_window_ms` so requests arriving together can join, takes everything queued (up to
-`max_batch`), groups the jobs by what one backend call must share (kind, thinking budget, temperature,
+`batch_size`), groups the jobs by what one backend call must share (kind, thinking budget, temperature,
 top_p, seed, stop ids) and runs each group as one call in a single worker thread: the backend is not
 thread-safe, and the event loop stays free meanwhile to accept requests, refuse them (429) and list
 models. Requests arriving while a batch runs form the next one, so under load batches grow by themselves.
@@ -28,59 +28,48 @@ import hmac
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from distill import backends, effort
-from distill import capabilities as caps
+from distill import effort
 from distill import generate as G
 from distill import openai_api as api
 from distill.artifacts import Fallbacks, UserError, log
-from distill.config import NonNeg, NonNegFloat, Port, Pos, Prob, check_literals, check_positive
+from distill.config import NonNegFloat, Port, Pos, opt
 from distill.openai_api import ApiError
+from distill.sampling import Engine, Sampling, group, open_backend
 
 
 @dataclass
 class ServeConfig:
-    model: str = ""  # a model folder or Hub id (backend=openai: where the tokenizer comes from)
-    name: str = ""  # the served name; default: the model folder's (its parent's when that is `model`)
-    backend: Literal["transformers", "vllm", "openai", "llama_cpp"] = "transformers"  # a .gguf model: llama_cpp
-    vllm: dict = field(default_factory=dict)  # backend=vllm: passed to vllm.LLM
-    openai: dict = field(default_factory=dict)  # backend=openai: an upstream server
-    llama_cpp: dict = field(default_factory=dict)  # backend=llama_cpp: passed to llama_cpp.Llama
-    host: str = "127.0.0.1"
-    port: Port = 8000  # 0: any free port (the address is printed)
-    results: str = ""  # an eval results.json: calibrate reasoning_effort, save <model>/reasoning_effort.json
-    eval_name: str = ""  # the model's `name` in results.json (default: the entry whose path is `model`)
-    default_effort: Literal["low", "medium", "high"] = "medium"  # a request naming none (OpenAI's default)
-    max_thinking: Pos = 256  # thinking budget when the model has no calibration
-    answer_cue: str = "Final answer:"  # budget forcing's cue, as in eval
-    api_key_env: str = ""  # environment variable holding the API key ("": no key)
-    max_prompt_tokens: Pos = 512
-    max_tokens: Pos = 512  # the most a request may ask for (thinking + answer); also its default
-    max_in_flight: Pos = 64  # requests queued or running; more get 429
-    max_batch: Pos = 64
-    batch_window_ms: NonNegFloat = 5.0
-    temperature: NonNegFloat = 0.6  # defaults for requests that give none
-    top_p: Prob = 0.95
-    seed: int = 0
-    threads: NonNeg = 0
-    dtype: caps.Dtype = "auto"  # transformers backend: the weights as loaded (auto: the checkpoint's own)
-    attn_implementation: caps.Attention = "sdpa"  # transformers backend (distill/capabilities.py decides)
-    run: str = "serve"  # backend=vllm/openai keep their caches under runs_dir/run
-    runs_dir: str = "runs"
+    model: str = opt("", "a model folder or Hub id (backend openai: where the tokenizer comes from)")
+    name: str = opt("", "the served name (default: the model folder's; its parent's when that is `model`)")
+    host: str = opt("127.0.0.1", "address to listen on")
+    port: Port = opt(8000, "port to listen on (0: any free port; the address is printed)")
+    results: str = opt(
+        "", "an eval results.json: calibrate reasoning_effort, save <model>/reasoning_effort.json")
+    eval_name: str = opt("", "the model's `name` in results.json (default: the entry whose path is `model`)")
+    default_effort: Literal["low", "medium", "high"] = opt("medium", "a request naming no reasoning_effort")
+    api_key_env: str = opt("", "environment variable holding the API key (empty: no key)")
+    max_prompt_tokens: Pos = opt(512, "the longest prompt a request may send")
+    max_tokens: Pos = opt(512, "the most a request may ask for (thinking + answer); also its default")
+    max_in_flight: Pos = opt(64, "requests queued or running; more get 429")
+    batch_window_ms: NonNegFloat = opt(5.0, "how long the batcher waits to fill a batch")
+    run: str = opt("serve", "backend vllm/openai keep their caches under runs_dir/run")
+    runs_dir: str = opt("runs", "where runs live")
+    # defaults for requests that give none; max_thinking: the budget when the model has no calibration
+    sampling: Sampling = group(Sampling)
+    engine: Engine = group(Engine)  # batch_size: requests generated together
+    RENAMED: ClassVar[dict] = {"max_batch": "batch_size"}
 
     def __post_init__(self):
-        check_literals(self)
         if not self.model:
             raise ValueError("model is required (a model folder, e.g. runs/demo/sft/student-l/model)")
         if self.model.endswith(".gguf"):  # `distill serve --model X.gguf`: only llama.cpp reads it
-            self.backend = "llama_cpp"
-        for k in ("max_thinking", "max_prompt_tokens", "max_tokens", "max_in_flight", "max_batch"):
-            check_positive(k, getattr(self, k))
-        if not 0 <= self.port < 65536 or self.batch_window_ms < 0:
-            raise ValueError("port must be in 0..65535 and batch_window_ms >= 0")
+            self.engine.backend = "llama_cpp"
+        if self.engine.backend == "solver":
+            raise ValueError("backend solver writes traces only; serve needs a model")
 
 
 # ---- sampling over the primitive (synchronous: runs in the worker thread; `distill chat` calls it directly)
@@ -156,35 +145,35 @@ class Server:
         while True:
             jobs = [await self.queue.get()]
             await asyncio.sleep(self.cfg.batch_window_ms / 1000)  # let requests arriving together join
-            while len(jobs) < self.cfg.max_batch and not self.queue.empty():
+            while len(jobs) < self.cfg.engine.batch_size and not self.queue.empty():
                 jobs.append(self.queue.get_nowait())
             groups: dict[tuple, list[Job]] = {}
             for j in jobs:
                 groups.setdefault(j.key, []).append(j)
-            for key, group in groups.items():
+            for key, batch in groups.items():
                 self.stats["batches"] += 1
-                self.stats["requests"] += len(group)
-                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(group))
+                self.stats["requests"] += len(batch)
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
                 try:
-                    results = await loop.run_in_executor(self.pool, self._call, key, group)
+                    results = await loop.run_in_executor(self.pool, self._call, key, batch)
                 except Exception as e:  # noqa: BLE001 - delivered to each waiting request as a 500
-                    for j in group:
+                    for j in batch:
                         if not j.future.done():
                             j.future.set_exception(e)
                     continue
-                for j, r in zip(group, results):
+                for j, r in zip(batch, results):
                     if not j.future.done():
                         j.future.set_result(r)
 
-    def _call(self, key: tuple, group: list[Job]) -> list[dict]:
+    def _call(self, key: tuple, batch: list[Job]) -> list[dict]:
         kind, budget, temperature, top_p, seed, stop = key
         if seed is None:  # a new seed per call, so repeated requests sample anew
             self.calls += 1
-            seed = self.cfg.seed + 1_000_003 * self.calls
-        prompts, caps = [j.prompt for j in group], [j.max_tokens for j in group]
+            seed = self.cfg.sampling.seed + 1_000_003 * self.calls
+        prompts, caps = [j.prompt for j in batch], [j.max_tokens for j in batch]
         if kind == "chat":
             return sample_chat(self.backend, prompts, thinking=budget, max_tokens=caps,
-                               cue=self.cfg.answer_cue, temperature=temperature, top_p=top_p, seed=seed)
+                               cue=self.cfg.sampling.answer_cue, temperature=temperature, top_p=top_p, seed=seed)
         return sample_raw(self.backend, prompts, max_tokens=caps, stop=list(stop), temperature=temperature,
                           top_p=top_p, seed=seed)
 
@@ -201,8 +190,8 @@ class Server:
         if max_tokens > self.cfg.max_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} is over this server's limit of "
                                 f"{self.cfg.max_tokens}")
-        return (max_tokens, self.cfg.temperature if req.temperature is None else req.temperature,
-                self.cfg.top_p if req.top_p is None else req.top_p)
+        return (max_tokens, self.cfg.sampling.temperature if req.temperature is None else req.temperature,
+                self.cfg.sampling.top_p if req.top_p is None else req.top_p)
 
     async def chat(self, req: api.ChatRequest) -> dict:
         prompt = G.think_prompt(self.backend.tok, [m.as_template_message() for m in req.messages])
@@ -212,7 +201,7 @@ class Server:
             raise ApiError(400, f"reasoning_effort: model {self.name!r} has no calibration "
                                 f"({effort.FILE}); start serve with results=<eval results.json>")
         level = req.reasoning_effort or self.cfg.default_effort
-        budget = self.efforts[level] if self.efforts else self.cfg.max_thinking
+        budget = self.efforts[level] if self.efforts else self.cfg.sampling.max_thinking
         # max_tokens counts thinking and answer (as OpenAI and vLLM count reasoning tokens)
         key = ("chat", min(budget, max_tokens), temperature, top_p, req.seed, ())
         return await self.submit(key, prompt, max_tokens) | {"prompt_tokens": len(prompt)}
@@ -316,11 +305,8 @@ def load_server(cfg: ServeConfig) -> Server:
         path = effort.save(folder, effort.calibrate(cfg.results, folder, cfg.eval_name))
         print(f"serve: calibrated reasoning_effort from {cfg.results} -> {path}")
     efforts = effort.load(folder) if local else None
-    G.set_threads(cfg.threads)
-    settings = {"transformers": {}, "vllm": cfg.vllm, "openai": cfg.openai, "llama_cpp": cfg.llama_cpp}[cfg.backend]
-    backend = backends.load(cfg.backend, cfg.model, settings=settings, fallbacks=Fallbacks(),
-                            runs_dir=cfg.runs_dir, run=cfg.run, dtype=cfg.dtype, attn=cfg.attn_implementation,
-                            batch_size=cfg.max_batch)
+    G.set_threads(cfg.engine.threads)
+    backend = open_backend(cfg.engine, cfg.model, runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=Fallbacks())
     G.stop_tokens(backend.tok)  # a model without a single </think> token is refused now, not per request
     return Server(cfg, backend, efforts, key)
 
@@ -344,8 +330,8 @@ def run(cfg: ServeConfig) -> Path:
     if not server.api_key and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serve: listening on %s without an API key (api_key_env=)", cfg.host)
     efforts = ", ".join(f"{k}={v}" for k, v in server.efforts.items()) if server.efforts else \
-        f"none calibrated, thinking <= {cfg.max_thinking}"
-    print(f"serve: {server.name} on http://{cfg.host}:{port}/v1 (backend {cfg.backend}; reasoning_effort: "
+        f"none calibrated, thinking <= {cfg.sampling.max_thinking}"
+    print(f"serve: {server.name} on http://{cfg.host}:{port}/v1 (backend {cfg.engine.backend}; reasoning_effort: "
           f"{efforts}; API key {'required' if server.api_key else 'off'})", flush=True)
     log_level = os.environ.get("DISTILL_LOG", "INFO").lower()
     config = uvicorn.Config(build_app(server), log_level="warning" if log_level == "info" else log_level,

@@ -19,13 +19,13 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill import benchmarks
 from distill.artifacts import UserError, finish, stage_dir, staging, write_jsonl
-from distill.config import Pos, check_positive, load_recipe
-from distill.problems import ProblemsConfig
+from distill.config import Pos, check_positive, load_recipe, opt
+from distill.stages.problems import ProblemsConfig
 
 N = 8  # the word n-gram length (filter's step uses this default)
 _WORD = re.compile(r"[^\W_]+")
@@ -33,14 +33,14 @@ _WORD = re.compile(r"[^\W_]+")
 
 @dataclass
 class DecontaminateConfig:
-    run: str = "demo"
-    runs_dir: str = "runs"
-    train: str = ""  # default: runs/<run>/problems/train.jsonl (rows with problem, or chat messages)
-    against: list[str] = field(default_factory=list)  # eval sets: normalised eval.jsonl files or eval/*.yaml
-    n: Pos = N
+    run: str = opt("demo", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    train: str = opt("", "default: runs/<run>/problems/train.jsonl (rows with problem, or chat messages)")
+    against: list[str] = opt(list, "eval sets: normalised eval.jsonl files or eval/*.yaml")
+    ngram: Pos = opt(N, "words in an n-gram (a shared one is an overlap)")
 
     def __post_init__(self):
-        check_positive("n", self.n)
+        check_positive("ngram", self.ngram)
         self.against = as_paths("against", self.against)
         if not self.against:
             raise ValueError("against is empty: list eval sets (runs/<bench>/problems/eval.jsonl or "
@@ -153,7 +153,7 @@ def run(cfg: DecontaminateConfig) -> Path:
     train_path = Path(cfg.train or stage_dir(cfg.runs_dir, cfg.run, "problems") / "train.jsonl")
     train = _jsonl_problems(str(train_path), "train")
     evals = load_eval_sets(cfg.against)
-    overlaps = find_overlaps([(tid, text) for tid, text, _ in train], evals, cfg.n)
+    overlaps = find_overlaps([(tid, text) for tid, text, _ in train], evals, cfg.ngram)
     dirty = {o["train_id"] for o in overlaps}
     kept = [row for tid, _, row in train if tid not in dirty]
     by_bench = Counter(bench for _, bench in {(o["train_id"], o["benchmark"]) for o in overlaps})

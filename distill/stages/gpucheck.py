@@ -28,32 +28,34 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from distill import capabilities as caps
 from distill import tasks
 from distill.artifacts import UserError, atomic_write_json, atomic_write_text, finish, stage_dir
-from distill.config import Pos, check_literals
+from distill.config import Pos, check_literals, opt
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 2,
         "num_key_value_heads": 1, "vocab_size": 4096}  # head size 32: vLLM's CPU kernels take it
 
 
 @dataclass
 class GpuCheckConfig:
-    run: str = "gpu-check"
-    runs_dir: str = "runs"
-    recipes: list[str] = field(default_factory=lambda: ["students/qwen2.5-1.5b.yaml", "students/qwen2.5-7b.yaml"])
-    scale: Literal["full", "tiny"] = "full"  # tiny: 2 narrow layers in place of each recipe's architecture
-    steps: Pos = 10  # training steps per recipe (throughput leaves out the first)
-    max_length: int = 0  # tokens per row (0: the recipe's; tiny: 256)
-    prompts: Pos = 64  # generation: prompts in one batch
-    budget: Pos = 512  # generation: new tokens per prompt
-    vllm: bool | None = None  # generation through .venv-vllm too (None: when it is there)
-    seed: int = 0
+    run: str = opt("gpu-check", "the run: every stage reads and writes under runs_dir/run/")
+    runs_dir: str = opt("runs", "where runs live")
+    recipes: list[str] = opt(
+        lambda: ["students/qwen2.5-1.5b.yaml", "students/qwen2.5-7b.yaml"], "the student recipes to train")
+    scale: Literal["full", "tiny"] = opt(
+        "full", "tiny: 2 narrow layers in place of each recipe's architecture")
+    steps: Pos = opt(10, "training steps per recipe (throughput leaves out the first)")
+    max_length: int = opt(0, "tokens per row (0: the recipe's; tiny: 256)")
+    prompts: Pos = opt(64, "generation: prompts in one batch")
+    budget: Pos = opt(512, "generation: new tokens per prompt")
+    with_vllm: bool | None = opt(None, "generation through .venv-vllm too (None: when it is there)")
+    seed: int = opt(
+        0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
 
     def __post_init__(self):
         check_literals(self)
@@ -134,7 +136,7 @@ def _distill(args: list[str], log: Path, python: str | None = None) -> tuple[boo
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         proc = subprocess.run([python or sys.executable, "-m", "distill.cli", *args], stdout=f,
-                              stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+                              stderr=subprocess.STDOUT, check=False)
     tail = [x for x in log.read_text(errors="replace").splitlines() if x.strip()][-1:] or [""]
     return proc.returncode == 0, tail[0][:300]
 
@@ -145,7 +147,7 @@ def _train(cfg: GpuCheckConfig, recipe: str, out: Path, data: Path, lengths: lis
     r = load_recipe(recipe)
     name = Path(recipe).stem
     sec = r.get("sft") or {}
-    arch = ROOT / (r.get("plan") or {}).get("arch", f"students/configs/{name}.json")
+    arch = Path((r.get("plan") or {}).get("arch", f"students/configs/{name}.json"))  # as the recipe says: from here
     model = out / "models" / name
     common = [f"run={cfg.run}", f"runs_dir={cfg.runs_dir}", f"name={name}"]
     max_length = cfg.max_length or (256 if cfg.scale == "tiny" else sec.get("max_length", 2048))
@@ -198,10 +200,10 @@ def generation(kind: str, model: str, prompts: int, budget: int) -> dict:
 
 def _generation_in(python: str, kind: str, model: str, cfg: GpuCheckConfig, log: Path) -> dict:
     """generation() in another interpreter (vLLM lives in .venv-vllm)."""
-    code = (f"import json; from distill.gpucheck import generation; "
+    code = (f"import json; from distill.stages.gpucheck import generation; "
             f"print('RESULT', json.dumps(generation({kind!r}, {model!r}, {cfg.prompts}, {cfg.budget})))")
     with open(log, "w") as f:
-        subprocess.run([python, "-c", code], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
+        subprocess.run([python, "-c", code], stdout=f, stderr=subprocess.STDOUT, check=False)
     lines = log.read_text(errors="replace").splitlines()
     found = [x for x in lines if x.startswith("RESULT ")]
     if not found:
@@ -269,8 +271,8 @@ def run(cfg: GpuCheckConfig) -> Path:
     first = out / "models" / Path(cfg.recipes[0]).stem
     if (first / "config.json").is_file():
         gens.append(_generation_in(sys.executable, "transformers", str(first), cfg, out / "logs" / "gen-transformers.log"))
-        vllm = ROOT / ".venv-vllm" / "bin" / "python"
-        if cfg.vllm or (cfg.vllm is None and vllm.is_file()):
+        vllm = Path(".venv-vllm") / "bin" / "python"  # beside .venv, where `make install-vllm` puts it
+        if cfg.with_vllm or (cfg.with_vllm is None and vllm.is_file()):
             gens.append(_generation_in(str(vllm), "vllm", str(first), cfg, out / "logs" / "gen-vllm.log"))
     report = _table(facts, ceiling, results, gens)
     atomic_write_text(out / "report.md", report)
