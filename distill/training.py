@@ -134,11 +134,13 @@ def step_timer():
                 torch.cuda.synchronize()
             self.marks.append((int(state.num_input_tokens_seen), time.perf_counter()))
 
-        def steady(self) -> dict:
-            """Tokens/s and seconds per step over the steps after the first (empty with fewer than 2)."""
+        def steady(self, exclude_s: float = 0.0) -> dict:
+            """Tokens/s and seconds per step over the steps after the first (empty with fewer than 2), less
+            `exclude_s` of work in between that was not training (sft's dev checks, run before these marks)."""
             if len(self.marks) < 2:
                 return {}
             (t0, s0), (t1, s1) = self.marks[0], self.marks[-1]
+            s1 -= exclude_s
             steps = len(self.marks) - 1
             return {"steady_tokens_per_s": round((t1 - t0) / max(s1 - s0, 1e-9), 1),
                     "steady_step_s": round((s1 - s0) / steps, 4), "steady_steps": steps}

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import ClassVar, Literal
 
 from distill import backends, training
 from distill import capabilities as caps
+from distill import target as T
 from distill.artifacts import (
     Fallbacks,
     UserError,
@@ -86,6 +88,8 @@ class SftConfig:
     trust_remote_code: bool = opt(False, "run code shipped with the checkpoint (logged, in the manifest)")
     allow_pickle: bool = opt(False, "load weights that are not safetensors")
     trl: dict = opt(dict, "any other trl.SFTConfig (gkd: GKDConfig) field, passed through")
+    until: T.Until | None = opt(None, "train to a target: stop once a dev split of the training problems is "
+                                      "answered this well (distill/target.py); bounded by max_steps")
     # the recipe's top-level `plan:` section is read whole into `plan` (its `training:` is this section itself)
     SECTIONS: ClassVar[dict] = {"plan": "plan"}
 
@@ -93,6 +97,8 @@ class SftConfig:
         check_literals(self)
         if not self.model:
             raise ValueError("`model` is required (a path or Hub id)")
+        if self.until is not None and training.launch()[1] == "zero3":
+            raise ValueError("until: the dev checks generate with the whole model; ZeRO-3 partitions it")
         if self.method == "gkd" and not self.teacher:
             raise ValueError("method=gkd needs `teacher` (a path or Hub id)")
         for k in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
@@ -185,6 +191,11 @@ def _plot_loss(history: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(*zip(*pts))
     ax.set(xlabel="step", ylabel="training loss (assistant tokens)", title=title, yscale="log")
+    dev = [(h["step"], h["dev_accuracy"]) for h in history if "dev_accuracy" in h]
+    if dev:  # a run with `until:`: its dev checks on a second axis
+        acc = ax.twinx()
+        acc.plot(*zip(*dev), "o-", color="tab:orange", markersize=3)
+        acc.set(ylabel="dev accuracy", ylim=(0, 1.02))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -232,6 +243,10 @@ def run(cfg: SftConfig) -> Path:
         os.environ["ACCELERATE_MIXED_PRECISION"] = "no" if precision == "fp32" else precision
     data_path = Path(cfg.data or stage_dir(cfg.runs_dir, cfg.run, "filter", "teacher") / "train.jsonl")
     dataset = _dataset(data_path)
+    dev, rows = [], len(dataset)
+    if cfg.until is not None:  # a dev split of the training problems, held out of training
+        problems = Path(cfg.until.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "train.jsonl")
+        dev, dataset = T.dev_split(cfg.until, problems, dataset, cfg.seed)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
     ckpt_dir = out / "checkpoints"
     ident = _identity(cfg, data_path)
@@ -287,8 +302,12 @@ def run(cfg: SftConfig) -> Path:
     if cfg.method == "gkd":
         extra["teacher_model"] = _teacher(cfg, tok, choices["attention"].used, dtype)
     timer = training.step_timer()
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[timer],
-                          **extra)
+    # a dev check runs before the timer marks its step, inside the timed span, which then leaves it out
+    target = T.callback(cfg.until, dev, tok, out / "best") if dev else None
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                          callbacks=[target, timer] if target else [timer], **extra)
+    if target:
+        target.trainer = trainer
     main = trainer.is_world_process_zero()
     last = _last_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if main and not last:
@@ -298,12 +317,19 @@ def run(cfg: SftConfig) -> Path:
         print(f"sft: resuming from {last}")
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     peak.stop()
-    training.save(trainer, tok, out / "model")
+    history = trainer.state.log_history
+    # every rank decides alike (the same curve): a rank that skipped a collective save would hang the others
+    until = target and T.finish(target, history, cfg.until, len(dev), rows - len(dataset),
+                                trainer.state.global_step, cfg.name, say=main)
+    if until and until["use_best"]:  # never met: the best check's weights, not the last step's
+        if main:
+            T.keep_best(out / "best", out / "model", tok)
+    else:
+        training.save(trainer, tok, out / "model")
     if main:  # rank 0 alone writes the log, plot and manifest
-        history = trainer.state.log_history
         losses = [h["loss"] for h in history if "loss" in h]
         tokens = int(trainer.state.num_input_tokens_seen)
-        train_s = result.metrics["train_runtime"]
+        train_s = result.metrics["train_runtime"] - (target.seconds if target else 0.0)  # less the dev checks
         atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         _plot_loss(history, out / "loss.png", cfg.name)
         params = sum(p.numel() for p in model.parameters())
@@ -319,12 +345,13 @@ def run(cfg: SftConfig) -> Path:
                   else "process RSS", "plan_gb": planned["gb"] if planned else None}
         finish(out, "sft", cfg, inputs, counts, started, fallbacks=fallbacks.items, optimizer=args.optim,
                method=cfg.method, loading=model.distill_loading, capabilities=caps.as_dict(facts, choices),
-               memory=memory, plan=planned, timings={"train_s": round(train_s, 3),
+               memory=memory, plan=planned, until=until, timings={"train_s": round(train_s, 3),
                                                      "tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
-                                                     **timer.steady()})
+                                                     **timer.steady(target.after_first if target else 0.0)})
         print(f"sft: {cfg.name}: {trainer.state.global_step} steps ({cfg.method}, {args.world_size} "
               f"process(es)), loss {counts['first_loss']} -> {counts['final_loss']}, "
               f"{tokens / max(train_s, 1e-9):,.0f} tokens/s -> {out / 'model'}")
+        shutil.rmtree(out / "best", ignore_errors=True)  # the kept weights are the model now
     # Every rank waits for rank 0's writes, then leaves the process group: a rank that simply exits can abort
     # in gloo's teardown (SIGABRT, seen here), and torchrun then SIGTERMs rank 0 in the middle of writing.
     trainer.accelerator.wait_for_everyone()
