@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -105,6 +106,10 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
     factories = {f.name: f.default_factory() for f in dataclasses.fields(cls)
                  if f.default_factory is not dataclasses.MISSING and not f.metadata.get("group")}
 
+    hints = typing.get_type_hints(cls)
+    mappings = {f.name for f in dataclasses.fields(cls)  # settings that are a mapping of their own, unset
+                if any(dataclasses.is_dataclass(a) for a in typing.get_args(hints[f.name]))}
+
     def current(key):
         g = known.get(key, "")
         return grouped[g].get(key) if g else values.get(key, factories.get(key))
@@ -132,9 +137,11 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
     for where, items in ((f"{source} [{stage}]", section), ("command line", overrides)):
         for key, value in items.items():
             head, dot, sub = key.partition(".")
-            if dot and head in known and isinstance(current(head), dict):
-                # a dotted key sets one entry of a mapping field: vllm.tensor_parallel_size=4
-                put(head, {**current(head), sub: value})
+            now = {} if head in mappings and current(head) is None else current(head)
+            if dot and head in known and isinstance(now, dict):
+                # a dotted key sets one entry of a mapping field: vllm.tensor_parallel_size=4,
+                # until.sampling.max_thinking=64
+                put(head, _set(now, sub.split("."), value))
                 continue
             if key not in known:
                 moved = getattr(cls, "RENAMED", {}).get(key)
@@ -151,6 +158,13 @@ def build(cls, stage: str, recipe: dict, overrides: dict, source: str, sections:
         raise UserError(_one_line(e, source, stage, section, overrides, known)) from None
     except (ValueError, TypeError) as e:
         raise UserError(f"{_where(str(e).split()[0].split('=')[0], source, stage, section, overrides)}: {e}") from None
+
+
+def _set(mapping: dict, path: list[str], value) -> dict:
+    """A copy of `mapping` with the entry at `path` (nested keys) set to `value`."""
+    inner = mapping.get(path[0])
+    return {**mapping, path[0]: value if len(path) == 1 else _set(inner if isinstance(inner, dict) else {},
+                                                                    path[1:], value)}
 
 
 def make(cls, **values):
@@ -286,4 +300,10 @@ def describe(cls) -> list[tuple[str, list[tuple[str, str, str, str]]]]:
     out = [("settings", rows(cls, None))]
     for name, default in groups(cls).items():
         out.append((GROUP_TITLES.get(name, name), rows(type(default), default)))
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):  # a setting that is a mapping of its own (sft's until:): its keys
+        sub = next((a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)), None)
+        if sub is not None and not f.metadata.get("group"):
+            out.append((f"{f.name} (a mapping: {f.name}={{key: value, ...}})",
+                        [(f"{f.name}.{k}", *rest) for k, *rest in rows(sub, None)]))
     return out

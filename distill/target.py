@@ -25,7 +25,7 @@ from pydantic import ConfigDict, TypeAdapter
 from distill import generate as G
 from distill import verify
 from distill.artifacts import UserError, atomic_write_json, read_jsonl, staging
-from distill.config import Pos, Prob, opt
+from distill.config import Pos, Share, opt
 from distill.sampling import Sampling
 
 log = logging.getLogger("distill")
@@ -33,7 +33,7 @@ log = logging.getLogger("distill")
 
 @dataclass
 class Until:
-    accuracy: Prob = opt(0.9, "stop once the dev split's accuracy reaches this")
+    accuracy: Share = opt(0.9, "stop once the dev split's accuracy reaches this")
     problems: str = opt("", "the training problems with their answers (default runs/<run>/problems/train.jsonl)")
     dev: Pos = opt(100, "problems in the dev split (drawn from those with training rows; held out of training)")
     every: Pos = opt(50, "optimizer steps between checks (and one at the last step)")
@@ -54,21 +54,21 @@ def _user_text(row: dict) -> str:
     return next((m["content"] for m in row["messages"] if m["role"] == "user"), "")
 
 
-def dev_split(until: Until, problems_path: Path, dataset, seed: int):
-    """(the dev problems, the training rows left): `until.dev` problems drawn (by `seed`) from those whose text
-    is a user turn of the training data; every row of a drawn problem is held out of training."""
+def dev_split(until: Until, problems_path: Path, rows: list[dict], seed: int) -> tuple[list[dict], list[int]]:
+    """(the dev problems, the indices of the training rows left): `until.dev` problems drawn (by `seed`) from
+    those whose text is a user turn of the training rows; every row of a drawn problem is held out."""
     problems = read_jsonl(problems_path, required=("problem", "answer"))
-    texts = {_user_text(r) for r in dataset}
+    texts = {_user_text(r) for r in rows}
     pool = [p for p in problems if (p.get("prompt") or p["problem"]) in texts]
     if not pool:
         raise UserError(f"sft: until.problems {problems_path}: none of its problems is in the training data "
                         "(the dev split is drawn from the problems the model trains on)")
     dev = random.Random(seed).sample(pool, min(until.dev, len(pool)))
     held = {p.get("prompt") or p["problem"] for p in dev}
-    keep = [i for i, r in enumerate(dataset) if _user_text(r) not in held]
+    keep = [i for i, r in enumerate(rows) if _user_text(r) not in held]
     if not keep:
         raise UserError(f"sft: until.dev={until.dev} holds out every training row; lower it")
-    return dev, dataset.select(keep)
+    return dev, keep
 
 
 def accuracy(model, tok, problems: list[dict], until: Until) -> float:
@@ -135,7 +135,7 @@ def callback(until: Until, problems: list[dict], tok, best_dir: Path):
     return Target()
 
 
-def finish(target, history: list[dict], until: Until, dev: int, held_rows: int, steps: int, name: str,
+def finish(target, history: list[dict], until: Until, dev: list[dict], held_rows: int, steps: int, name: str,
            say: bool = True) -> dict:
     """What the run did with its target, for the manifest and one line on the terminal; whether the best
     check's weights (not the last step's) are the model to keep."""
@@ -150,8 +150,9 @@ def finish(target, history: list[dict], until: Until, dev: int, held_rows: int, 
     use_best = met is None and bool(curve) and best["dev_accuracy"] > curve[-1][1]
     kept = [best["step"], best["dev_accuracy"]] if use_best else curve[-1] if curve else [steps, None]
     return {"target": until.accuracy, "met_at_step": met, "steps": steps, "kept_step": kept[0],
-            "kept_accuracy": kept[1], "curve": curve, "dev_problems": dev, "rows_held_out": held_rows,
-            "check_s": round(target.seconds, 3), "use_best": use_best}
+            "kept_accuracy": kept[1], "curve": curve, "dev_problems": len(dev), "rows_held_out": held_rows,
+            "check_s": round(target.seconds, 3), "use_best": use_best,
+            "dev_ids": [p.get("id", p["problem"]) for p in dev]}
 
 
 def keep_best(best_dir: Path, dest: Path, tok) -> None:

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from distill.artifacts import UserError, read_jsonl, staging
 from distill.config import build, parse_overrides
@@ -156,7 +157,14 @@ def test_stage_help_lists_each_key_with_type_default_and_help():
     i = next(k for k, line in enumerate(lines) if line.split()[:1] == ["max_length"])
     assert lines[i].split() == ["max_length", "int", ">", "0", "=", "2048"]
     assert "tokens per row at most" in lines[i + 1]
-    assert "sampling" not in proc.stdout  # sft does not sample
+    assert "sampling (" not in proc.stdout  # sft has no sampling group (its dev checks' are under until:)
+    i = next(k for k, line in enumerate(lines) if line.split()[:1] == ["until.every"])
+    assert lines[i].split() == ["until.every", "int", ">", "0", "=", "50"]
+    # a mapping setting is given whole or key by key, nested keys too, also when the recipe leaves it unset
+    cfg = yaml.safe_load(distill("sft", "--print-config", "model=m", "until.accuracy=0.8",
+                                 "until.sampling.max_thinking=64").stdout)
+    assert cfg["until"]["accuracy"] == 0.8 and cfg["until"]["sampling"]["max_thinking"] == 64
+    assert cfg["until"]["sampling"]["temperature"] == 0.0  # greedy unless told otherwise
     out = distill("traces", "--help").stdout
     assert "sampling (" in out and "backend (" in out and "temperature" in out and "= 0.8" in out
 

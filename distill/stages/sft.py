@@ -39,6 +39,7 @@ from distill.artifacts import (
     atomic_write_text,
     check_identity,
     finish,
+    read_jsonl,
     sha256,
     stage_dir,
 )
@@ -171,8 +172,6 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
 def _dataset(path: Path):
     from datasets import load_dataset
 
-    from distill.artifacts import read_jsonl
-
     rows = read_jsonl(path, required=("messages",))  # one-line errors before datasets sees the file
     if not rows:
         raise UserError(f"{path}: empty dataset")
@@ -242,11 +241,14 @@ def run(cfg: SftConfig) -> Path:
         # autocast, slower than fp32 here and unlike a plain `distill sft`)
         os.environ["ACCELERATE_MIXED_PRECISION"] = "no" if precision == "fp32" else precision
     data_path = Path(cfg.data or stage_dir(cfg.runs_dir, cfg.run, "filter", "teacher") / "train.jsonl")
-    dataset = _dataset(data_path)
-    dev, rows = [], len(dataset)
+    dev, keep = [], None
     if cfg.until is not None:  # a dev split of the training problems, held out of training
         problems = Path(cfg.until.problems or stage_dir(cfg.runs_dir, cfg.run, "problems") / "train.jsonl")
-        dev, dataset = T.dev_split(cfg.until, problems, dataset, cfg.seed)
+        dev, keep = T.dev_split(cfg.until, problems, read_jsonl(data_path, required=("messages",)), cfg.seed)
+    dataset = _dataset(data_path)
+    rows = len(dataset)
+    if keep is not None:
+        dataset = dataset.select(keep)
     out = stage_dir(cfg.runs_dir, cfg.run, "sft", cfg.name)
     ckpt_dir = out / "checkpoints"
     ident = _identity(cfg, data_path)
@@ -319,7 +321,7 @@ def run(cfg: SftConfig) -> Path:
     peak.stop()
     history = trainer.state.log_history
     # every rank decides alike (the same curve): a rank that skipped a collective save would hang the others
-    until = target and T.finish(target, history, cfg.until, len(dev), rows - len(dataset),
+    until = target and T.finish(target, history, cfg.until, dev, rows - len(dataset),
                                 trainer.state.global_step, cfg.name, say=main)
     if until and until["use_best"]:  # never met: the best check's weights, not the last step's
         if main:
