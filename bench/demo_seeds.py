@@ -25,9 +25,23 @@ sys.path.insert(0, str(ROOT))
 from distill.stages.report import checks  # noqa: E402
 
 
+def _run(seed: int) -> Path:
+    return ROOT / "runs" / ("demo" if seed == 0 else f"demo-seed{seed}")
+
+
 def results(seed: int) -> dict:
-    run = "demo" if seed == 0 else f"demo-seed{seed}"
-    return json.loads((ROOT / "runs" / run / "eval" / "results.json").read_text())
+    return json.loads((_run(seed) / "eval" / "results.json").read_text())
+
+
+def teacher_steps(seed: int) -> str:
+    """How the teacher's training ended (its `until:` target met at a step, or not), from its manifest."""
+    m = json.loads((_run(seed) / "sft" / "teacher" / "manifest.json").read_text())
+    u = m.get("until")
+    if not u:
+        return f"teacher {m['counts']['steps']} steps (fixed)"
+    if u["met_at_step"] is not None:
+        return f"teacher met its target at step {u['met_at_step']}"
+    return f"teacher missed its target in {u['steps']} steps (kept step {u['kept_step']}: {u['kept_accuracy']:.2f})"
 
 
 def main() -> int:
@@ -67,8 +81,14 @@ def main() -> int:
         missed = [f"{t} ({v})" for t, ok, v in got if not ok]
         failed += bool(missed)
         took = f", {minutes[k]:.1f} min" if k in minutes else ""
-        print(f"seed {k}: {len(got) - len(missed)}/{len(got)} targets met{took}"
-              + ("" if not missed else "; missed: " + "; ".join(missed)))
+        top = " / ".join(f"{m['budgets'][-1]['accuracy']:.3f}" for m in res[k]["models"])
+        print(f"seed {k}: {len(got) - len(missed)}/{len(got)} targets met{took}; {teacher_steps(k)}; B={budgets[-1]} "
+              f"{' / '.join(names)} {top}" + ("" if not missed else "; missed: " + "; ".join(missed)))
+    print(f"\nat B={budgets[-1]}, over {len(args.seeds)} seeds: mean, standard deviation, [min, max]")
+    for name in names:
+        a = [next(m for m in res[k]["models"] if m["name"] == name)["budgets"][-1]["accuracy"] for k in args.seeds]
+        sd = statistics.stdev(a) if len(a) > 1 else 0.0
+        print(f"  {name}: {statistics.mean(a):.3f}, sd {sd:.3f}, [{min(a):.3f}, {max(a):.3f}]")
     return 1 if failed else 0
 
 

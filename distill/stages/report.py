@@ -68,7 +68,7 @@ def _data_sections(root: Path) -> list[str]:
                                                  "problems kept"], rows), ""]
     sfts = sorted((root / "sft").glob("*/manifest.json"))
     if sfts:
-        rows, imgs = [], []
+        rows, imgs, targets = [], [], []
         for path in sfts:
             m, d = _load(path), path.parent.name
             c, t = m["counts"], m["timings"]
@@ -78,9 +78,16 @@ def _data_sections(root: Path) -> list[str]:
                          f"{t['tokens_per_s']:,.0f}", f"{t['train_s']:.0f}",
                          m["optimizer"], "; ".join(f"{f['wanted']}→{f['used']}" for f in m["fallbacks"]) or "-"])
             imgs.append(f"![{d} loss](sft/{d}/loss.png)")
+            if u := m.get("until"):  # trained to a target: where it got and when
+                ended = (f"reached {u['target']:g} at step {u['met_at_step']}" if u["met_at_step"] is not None
+                         else f"did **not** reach {u['target']:g} in {u['steps']} steps; kept step {u['kept_step']}")
+                targets.append(f"- {d}: dev accuracy on {u['dev_problems']} held-out training problems "
+                               f"{ended} ({u['kept_accuracy']:.2f}); checks: "
+                               + ", ".join(f"{a:.2f}@{s}" for s, a in u["curve"]))
         out += ["## 4. Training (SFT, loss on assistant tokens only)",
                 *_table(["model", "params", "data", "rows", "steps", "first loss", "final loss", "tokens/s",
-                         "train s", "optimizer", "fallbacks"], rows), "", " ".join(imgs), ""]
+                         "train s", "optimizer", "fallbacks"], rows), "", *targets, *([""] if targets else []),
+                " ".join(imgs), ""]
     return out
 
 
