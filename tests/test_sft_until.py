@@ -76,3 +76,27 @@ def test_until_mistakes_are_one_line(built):
         err = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(err) == 1 and says in err[0], proc.stderr
     assert not (built / "t" / "sft" / "until-bad").exists()
+
+
+def test_a_target_run_killed_mid_training_resumes_to_the_same_model_and_curve(built, tmp_path):
+    """kill -9 once a checkpoint exists: the re-run resumes, its dev curve and kept weights are an uninterrupted
+    run's (the curve lives in the checkpoints' log history, the best check's weights in best/)."""
+    from safetensors.torch import load_file
+
+    from .test_kill_matrix import _bench
+
+    km = _bench()
+    common = {**_common(built, "k"), "runs_dir": str(tmp_path), "save_steps": 2}
+    args = [f"{k}={v}" for k, v in common.items()] + [
+        "until={accuracy: 1.0, dev: 8, every: 2, sampling: {max_thinking: 24, max_answer_tokens: 4}}",
+        f"until.problems={built / 't' / 'problems' / 'train.jsonl'}", "trl.max_steps=8"]
+    ref = distill("sft", *args, "run=ref")
+    out = tmp_path / "t" / "sft" / "k"
+    killed = km.kill_after(["sft", *args], 0, lambda: km.has_partial_state("sft", out))
+    assert killed and km.partial_state("sft", out).startswith("checkpoint-")
+    again = distill("sft", *args)
+    assert "sft: resuming from" in again.stdout, ref.stdout
+    m, r = (json.loads((d / "manifest.json").read_text())["until"] for d in (out, tmp_path / "ref" / "sft" / "k"))
+    assert m["curve"] == r["curve"] and m["kept_step"] == r["kept_step"] and [s for s, _ in m["curve"]] == [2, 4, 6, 8]
+    mine, theirs = (load_file(d / "model" / "model.safetensors") for d in (out, tmp_path / "ref" / "sft" / "k"))
+    assert all((mine[k] == theirs[k]).all() for k in theirs)
