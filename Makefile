@@ -6,7 +6,7 @@ ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-l.yaml
 STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report quantize
 
-.PHONY: install install-vllm install-local demo demo-quantized ablation-filter ablation-gkd gpu-check docs test bench clean grade $(STAGES)
+.PHONY: install install-vllm install-local demo demo-quantized ablation-filter ablation-gkd ablation-opd ablation-select gpu-check docs test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
@@ -134,6 +134,51 @@ ablation-gkd:
 	echo "gkd: $$steps steps for the SFT run's training time" && \
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-gkd $(GKD_ARGS) trl.max_steps=$$steps
 	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation seed=$(SEED) problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-l-sft, role: student, path: runs/$(RUN)/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/$(RUN)/ablation/sft/student-l-gkd/model}]'
+	$(DISTILL) report --config eval/demo.yaml $(R)
+
+# Ablation: the demo's smaller student (the one with headroom), SFT'd as in `make demo`, then trained on for the same
+# wall time OPD_S either by SFT continued on the same traces or by on-policy distillation from the demo's teacher
+# (method=distill: it samples, the teacher scores every token of its samples, reverse KL); both evaluated like the
+# demo beside where they started: runs/$(RUN)/report.md, section 7c. Each arm's steps = OPD_S / its seconds per step
+# (SFT's from the demo's run, distillation's from a 10-step timing run). After `make demo` (SEED=k as above).
+OPD_S    ?= 60
+OPD      = runs_dir=runs/$(RUN) run=ablation-opd seed=$(SEED) model=runs/$(RUN)/sft/student-s/model \
+	data=runs/$(RUN)/filter/teacher/train.jsonl warmup=0
+OPD_ARGS ?= method=distill teacher=runs/$(RUN)/sft/teacher/model lr=2e-3 trl.max_completion_length=96 \
+	trl.temperature=1.0 trl.beta=1.0
+ablation-opd:
+	rm -rf runs/$(RUN)/ablation-opd
+	$(DISTILL) sft --config students/demo-s.yaml $(OPD) name=opd-timing $(OPD_ARGS) trl.max_steps=10 save_steps=1000
+	$(VENV)/bin/python -c 'import json; m = lambda p: json.load(open(p + "/manifest.json"))["timings"]; \
+		s, d = m("runs/$(RUN)/sft/student-s"), m("runs/$(RUN)/ablation-opd/sft/opd-timing"); \
+		print(round($(OPD_S) / s["steady_step_s"]), round($(OPD_S) / d["steady_step_s"]))' > runs/$(RUN)/ablation-opd/steps
+	@echo "steps for $(OPD_S) s of training (SFT, distillation): $$(cat runs/$(RUN)/ablation-opd/steps)"
+	$(DISTILL) sft --config students/demo-s.yaml $(OPD) name=student-s-sft-more lr=2e-3 \
+		trl.max_steps=$$(cut -d' ' -f1 runs/$(RUN)/ablation-opd/steps)
+	$(DISTILL) sft --config students/demo-s.yaml $(OPD) name=student-s-opd $(OPD_ARGS) \
+		trl.max_steps=$$(cut -d' ' -f2 runs/$(RUN)/ablation-opd/steps)
+	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-opd seed=$(SEED) $(GEN_ARGS) \
+		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, \
+		{name: student-s-sft-more, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-sft-more/model}, \
+		{name: student-s-opd, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-opd/model}]'
+	$(DISTILL) report --config eval/demo.yaml $(R)
+
+# Ablation: data selection. Half the filtered rows, chosen by the teacher's pass rate per problem (the problems it
+# solved least often first: hard but solved) or at random, each training the smaller student from the same init for
+# the same steps as in `make demo`; both evaluated like the demo: runs/$(RUN)/report.md, section 7d. After `make demo`.
+SELECT = runs_dir=runs/$(RUN) run=ablation-select seed=$(SEED) traces=runs/$(RUN)/traces/teacher/traces.jsonl \
+	problems=runs/$(RUN)/problems/train.jsonl
+ablation-select:
+	rm -rf runs/$(RUN)/ablation-select
+	half=$$($(VENV)/bin/python -c 'import json; print(json.load(open("runs/$(RUN)/filter/teacher/stats.json"))["kept"] // 2)') && \
+	for by in pass_rate random; do $(DISTILL) filter --config teachers/demo.yaml $(SELECT) name=teacher-$$by \
+		keep_rows=$$half keep_by=$$by || exit 1; done
+	for by in pass_rate random; do $(DISTILL) sft --config students/demo-s.yaml runs_dir=runs/$(RUN) run=ablation-select \
+		seed=$(SEED) model=runs/$(RUN)/init/student-s name=student-s-$$by \
+		data=runs/$(RUN)/ablation-select/filter/teacher-$$by/train.jsonl || exit 1; done
+	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-select seed=$(SEED) $(GEN_ARGS) \
+		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, \
+		{name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Before a long run on a new GPU box: what each recipe feature becomes here, then the 1.5B and 7B recipes trained a few

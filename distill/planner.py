@@ -261,6 +261,10 @@ def resolve(cfg: PlanConfig, sft, facts: caps.Facts) -> dict:
             "head": "chunked" if facts.cuda else "logits",
             "packed": used["batching"] == "packed rows",
             "reserve": cfg.reserve if cfg.reserve is not None else 2.0 if facts.cuda else CPU_RESERVE,
+            # on-policy methods sampling through vLLM on the training GPUs: vLLM takes its share of each GPU
+            # (weights and KV cache) beside training (TRL's vllm_gpu_memory_utilization, default 0.3)
+            "vllm_share": float(sft.trl.get("vllm_gpu_memory_utilization", 0.3))
+            if sft.trl.get("use_vllm") and sft.trl.get("vllm_mode", "colocate") == "colocate" else 0.0,
             "machine": "this machine" if facts is not caps.ASSUMED_GPU else "a GPU with every feature it asks for",
             "fallbacks": [f"{k}: {c.wanted} -> {c.used} ({c.reason})" for k, c in choices.items() if c.reason]}
 
@@ -275,6 +279,8 @@ def estimate(a: dict, cfg: PlanConfig, shape: dict, micro_batch: int) -> dict:
                                     shape["packed"])["total"]
             for attn in ("flash", "sdpa", "eager") for ck in (False, True)}
     buf = buffers(a, cfg.engine, cfg.gpus, shape["precision"], shape["reserve"])
+    if shape.get("vllm_share"):
+        buf["colocated_vllm"] = shape["vllm_share"] * cfg.gpu_memory * GB
     act = acts[(shape["attn"], shape["checkpointing"])]
     total = ms["weights"] + ms["gradients"] + ms["optimizer"] + act + sum(buf.values())
     return {"micro_batch": micro_batch, "model_states": ms, "optimizer_variants": variants,

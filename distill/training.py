@@ -57,23 +57,7 @@ def load_model(path: str, attn: str, dtype: str, settings: dict):
     return model, tok
 
 
-def trainer(method: str, settings: dict):
-    """TRL's trainer and config for the method; GKDConfig extends SFTConfig, so every setting carries over.
-    The config is the Trainer's arguments: built before the model loads (see load_model)."""
-    if method == "gkd":
-        from trl.experimental.gkd import GKDConfig as Config
-        from trl.experimental.gkd import GKDTrainer as Trainer
-    else:
-        from trl import SFTConfig as Config
-
-        Trainer = _sft_trainer()
-    try:
-        return Trainer, Config(**settings)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"sft: bad trl setting: {str(e).splitlines()[0]}") from None
-
-
-def _sft_trainer():
+def sft_trainer():
     """TRL's SFTTrainer, with the model's own loss when training on CPU.
 
     SFTTrainer (TRL 1.16) always computes the loss through a "fused LM head" it patches into the model

@@ -9,6 +9,7 @@ not re-send what was answered before a crash, and must fail in one line when the
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -156,6 +157,26 @@ def test_openai_backend_matches_offline_vllm(built, teacher, server, tmp_path):
     assert _agreement(_samples(tmp_path / "vl" / "eval"), _samples(out)) >= 0.95
     counts = json.loads((out / "results.json").read_text())["models"][0]["backend"]["requests"]
     assert counts["max_in_flight"] == 32 and counts["sent"] == counts["requests"] > 80
+
+
+def test_on_policy_distillation_from_a_teacher_on_the_server(built, server):
+    # sft method=distill with the teacher behind vLLM's OpenAI server (TRL's ServerDistillationTrainer): the
+    # student samples here, the server scores every token of its samples (prompt logprobs); the teacher never
+    # loads. TRL's vLLM client needs vllm where it runs: the sft runs under .venv-vllm, as on a GPU box.
+    data = built / "t" / "filter" / "solver" / "train.jsonl"
+    common = [f"runs_dir={built}", "run=t", f"data={data}", "lr=3e-3", "batch_size=8", "logging_steps=1",
+              "threads=1"]
+    _vllm_distill("sft", *common, "name=srv-sft", f"model={built / 't/init/t32'}", "trl.max_steps=2")
+    seen = server.finished_requests()
+    _vllm_distill("sft", *common, "name=srv-opd", f"model={built / 't/sft/srv-sft/model'}", "method=distill",
+                  f"teacher={server.url}", "trl.max_steps=2", "trl.max_completion_length=12")
+    out = built / "t" / "sft" / "srv-opd"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["method"] == "distill" and m["counts"]["steps"] == 2 and "teacher" not in m["inputs"]
+    assert f"teacher: {server.url}" in (out / "config.yaml").read_text()
+    assert server.finished_requests() > seen  # the teacher's scores came from the server
+    losses = [json.loads(x)["loss"] for x in (out / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
 def _openai_traces(built, name: str, url: str, *extra: str) -> list[str]:

@@ -87,7 +87,8 @@ CASES = [
     # bad choices
     C("backend-foo", "traces", ["model=x", "backend=foo"], "backend: Input should be 'transformers'"),
     C("format-gguf-q3", "quantize", ["format=gguf-q3"], "format: Input should be 'gguf-q8_0'"),
-    C("method-xyz", "sft", ["model=x", "method=xyz"], "method: Input should be 'sft' or 'gkd'"),
+    C("method-xyz", "sft", ["model=x", "method=xyz"],
+      "method: Input should be 'sft', 'distill', 'gkd' or 'gold'"),
     C("select-longest", "filter", ["select=longest"], "select: Input should be 'random' or 'shortest'"),
     C("effort-max", "serve", ["model=x", "default_effort=max"],
       "default_effort: Input should be 'low', 'medium' or 'high'"),

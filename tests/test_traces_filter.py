@@ -63,6 +63,47 @@ def test_filter_drops_each_reason(built, tmp_path):
     assert stats["kept_anyway"] == {"truncated": 1, "wrong": 1, "overlong": 1, "duplicate": 1, "surplus": 2}
 
 
+def test_filter_records_pass_rates_and_keeps_rows_by_them(built, tmp_path):
+    problems = read_jsonl(built / "t" / "problems" / "train.jsonl")[:4]
+    right = lambda p, k, n=5: {"problem_id": p["id"], "sample": k, "answer": f"The answer is {p['answer']}.",  # noqa: E731
+                               "thinking": f"t{k}", "finish_reason": "stop", "thinking_tokens": n}
+    wrong = lambda p, k: {**right(p, k), "answer": "The answer is 1234567."}  # noqa: E731
+    a, b, c, d = problems
+    rows = [right(a, 0), right(a, 1, 9), right(a, 2), right(a, 3),  # 4/4: easy
+            right(b, 0, 30), wrong(b, 1), wrong(b, 2), wrong(b, 3),  # 1/4: hard but solved
+            right(c, 0, 7), right(c, 1), wrong(c, 2), wrong(c, 3),  # 2/4
+            wrong(d, 0), wrong(d, 1), wrong(d, 2), wrong(d, 3)]  # never solved
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = dict(run="t", runs_dir=str(tmp_path / "r"), traces=str(path),
+                  problems=str(built / "t" / "problems" / "train.jsonl"), keep_per_problem=4)
+    out = filt.run(filt.FilterConfig(**common, name="all"))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == 7 and stats["not_selected"] == 0
+    assert stats["pass_rate"] == {"mean": round((1 + 0.25 + 0.5 + 0) / 4, 4), "never_solved": 1,
+                                  "never_solved_ids": [d["id"]],
+                                  "problems_by_rate": {"0.00": 1, "0.25": 1, "0.50": 1, "1.00": 1}}
+    per = {r["problem_id"]: r["pass_rate"] for r in read_jsonl(out / "pass_rates.jsonl")}
+    assert per == {a["id"]: 1.0, b["id"]: 0.25, c["id"]: 0.5, d["id"]: 0.0}
+
+    def kept(by: str) -> list[str]:
+        o = filt.run(filt.FilterConfig(**common, name=by, keep_rows=3, keep_by=by))
+        st = json.loads((o / "stats.json").read_text())
+        assert st["kept"] == 3 and st["not_selected"] == 4
+        return sorted(_problem_ids(o, problems))
+
+    # the hard-but-solved first: b's one right trace, then c's two
+    assert kept("pass_rate") == sorted([b["id"], c["id"], c["id"]])
+    # the longest thinking first: b (30), a's 9, c's 7
+    assert kept("thinking_length") == sorted([b["id"], a["id"], c["id"]])
+    assert len(kept("random")) == 3
+
+
+def _problem_ids(out, problems) -> list[str]:
+    by_text = {p["problem"]: p["id"] for p in problems}
+    return [by_text[r["messages"][0]["content"]] for r in read_jsonl(out / "train.jsonl")]
+
+
 def _traces_cmd(built, model, out_name):
     return [sys.executable, "-m", "distill.cli", "traces", f"runs_dir={built}", "run=t", f"name={out_name}",
             f"model={model}", "n=3", "max_thinking=24", "max_answer_tokens=4", "batch_size=4", "chunk=4",

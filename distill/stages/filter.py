@@ -6,7 +6,11 @@ a word 8-gram with one of them, see distill/stages/decontaminate.py; the overlap
 other problem, e.g. a benchmark's, is graded like `eval` grades it: math-verify against its `answer` by its
 `answer_type`, in worker processes under a per-answer timeout, distill/verify.py), over-long
 (thinking above `max_thinking_tokens`), duplicate (same thinking and answer as a kept sample of the same
-problem), surplus (more than `keep_per_problem`). Writes train.jsonl as chat
+problem), surplus (more than `keep_per_problem`); then, with `keep_rows`, keeps that many rows chosen
+`keep_by` (random; pass_rate: the problems the teacher solved least often first, hard but solved, as s1 and
+open-r1 select; thinking_length: the longest thinking first). The teacher's pass rate per problem over its
+samples goes to pass_rates.jsonl, its summary and the problems it never solved to stats.json. Writes
+train.jsonl as chat
 `messages` (the assistant turn is "<think>\\n…\\n</think>\\n" + answer, loadable with `datasets` and
 trainable by TRL as it is) and stats.json. Output: runs/<run>/filter/<name>/.
 """
@@ -30,7 +34,7 @@ from distill.artifacts import (
     staging,
     write_jsonl,
 )
-from distill.config import Pos, PosFloat, check_literals, check_positive, opt
+from distill.config import NonNeg, Pos, PosFloat, check_literals, check_positive, opt
 from distill.stages import decontaminate
 
 REASONS = ("truncated", "wrong", "overlong", "duplicate", "surplus")
@@ -46,7 +50,11 @@ class FilterConfig:
     keep_per_problem: Pos = opt(2, "traces kept per problem at most (of those that pass)")
     max_thinking_tokens: Pos = opt(4096, "a trace thinking longer than this is dropped (overlong)")
     select: Literal["random", "shortest"] = opt(
-        "random", "which passing traces are kept when there are more: random or the shortest")
+        "random", "which passing traces of a problem are kept when there are more: random or the shortest")
+    keep_rows: NonNeg = opt(0, "training rows kept at most, chosen `keep_by` (0: every row that passes)")
+    keep_by: Literal["random", "pass_rate", "thinking_length"] = opt(
+        "random", "which rows `keep_rows` keeps: random; pass_rate: lowest teacher pass rate first (hard but "
+                  "solved); thinking_length: longest thinking first")
     seed: int = opt(
         0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
     decontaminate_against: list[str] = opt(
@@ -118,6 +126,39 @@ def _histogram(values: list[int], bins: int = 10) -> dict:
     return {"edges": [lo + i * width for i in range(bins + 1)], "counts": [counts.get(i, 0) for i in range(bins)]}
 
 
+def _pass_rates(traces: list[dict], correct: list[bool | None], contaminated: set) -> dict:
+    """{problem: (correct, samples)} of every traced problem that was checked (a truncated sample counts as
+    not solved)."""
+    rates: dict[str, list[int]] = {}
+    for r, ok in zip(traces, correct, strict=True):
+        if r["problem_id"] not in contaminated:
+            c = rates.setdefault(r["problem_id"], [0, 0])
+            c[0], c[1] = c[0] + bool(ok), c[1] + 1
+    return {pid: (c[0], c[1]) for pid, c in rates.items()}
+
+
+def _keep_rows(cfg: FilterConfig, kept: list[dict], rates: dict, rng: random.Random) -> list[dict]:
+    """`keep_rows` of the kept rows, chosen `keep_by`; ties (and `random`) in a seeded random order."""
+    if not cfg.keep_rows or len(kept) <= cfg.keep_rows:
+        return kept
+    order = rng.sample(kept, len(kept))
+    if cfg.keep_by == "pass_rate":  # hard but solved first; one never solved (kept by drop=[]) goes last
+        rate = {pid: c / n for pid, (c, n) in rates.items()}
+        order.sort(key=lambda r: (rate.get(r["problem_id"], 0.0) == 0, rate.get(r["problem_id"], 0.0)))
+    elif cfg.keep_by == "thinking_length":
+        order.sort(key=lambda r: -r["thinking_tokens"])
+    return order[:cfg.keep_rows]
+
+
+def _rate_summary(rates: dict) -> dict:
+    values = [c / n for c, n in rates.values()]
+    never = [pid for pid, (c, _) in rates.items() if c == 0]
+    return {"mean": round(sum(values) / max(len(values), 1), 4),
+            "problems_by_rate": {f"{k:.2f}": v
+                                 for k, v in sorted(Counter(round(x, 2) for x in values).items())},
+            "never_solved": len(never), "never_solved_ids": never}
+
+
 def run(cfg: FilterConfig) -> Path:
     started = time.time()
     tr_path = Path(cfg.traces or stage_dir(cfg.runs_dir, cfg.run, "traces", cfg.name) / "traces.jsonl")
@@ -161,6 +202,9 @@ def run(cfg: FilterConfig) -> Path:
             rng.sample(unique, len(unique))
         surplus = max(0, len(unique) - cfg.keep_per_problem)
         kept += unique[:len(unique) - surplus] if drops("surplus", surplus) else unique
+    rates = _pass_rates(traces, correct, contaminated)
+    selected = _keep_rows(cfg, kept, rates, rng)
+    not_selected, kept = len(kept) - len(selected), selected
     if not kept:
         raise UserError(f"{tr_path}: every sample was dropped ({dict(dropped)}); nothing to train on")
 
@@ -179,20 +223,25 @@ def run(cfg: FilterConfig) -> Path:
         "samples": len(traces), "problems": len(traced), "kept": len(kept),
         "dropped": {k: dropped.get(k, 0) for k in reasons},
         "kept_anyway": {k: anyway.get(k, 0) for k in REASONS if k not in cfg.drop},
+        "not_selected": not_selected,  # rows that passed every check, left out by keep_rows
         "correct_rate": round(1 - sum(dropped[k] + anyway[k] for k in ("truncated", "wrong")) / max(judged, 1), 4),
         "graded_by": dict(sorted(graders.items())),  # samples each grader judged (truncated ones are not)
         "grading_failed": grading,  # gradings that timed out or failed: those samples were dropped as wrong
         "problems_with_a_kept_sample": len(per_problem),
         "yield_per_problem": dict(sorted(Counter(per_problem.get(p, 0) for p in traced).items())),
         "kept_thinking_tokens": _histogram([r["thinking_tokens"] for r in kept]),
+        "pass_rate": _rate_summary(rates),  # the teacher's, per problem over its samples (pass_rates.jsonl)
     }
     out = stage_dir(cfg.runs_dir, cfg.run, "filter", cfg.name)
     with staging(out) as tmp:
         write_jsonl(tmp / "train.jsonl", rows)
         atomic_write_json(tmp / "stats.json", stats)
+        write_jsonl(tmp / "pass_rates.jsonl", [{"problem_id": pid, "correct": c, "samples": n,
+                                                "pass_rate": c / n} for pid, (c, n) in rates.items()])
         if cfg.decontaminate_against:
             write_jsonl(tmp / "overlaps.jsonl", overlaps)
         finish(tmp, "filter", cfg, {"traces": tr_path, "problems": pr_path},
-               {"samples": len(traces), "kept": len(kept), **stats["dropped"]}, started)
+               {"samples": len(traces), "kept": len(kept), **stats["dropped"], "not_selected": not_selected},
+               started)
     print(f"filter: kept {len(kept)} of {len(traces)} samples; dropped {stats['dropped']} -> {out}")
     return out

@@ -159,23 +159,41 @@ def _scaling_section(models: list[dict], budgets: list[int]) -> list[str]:
             "![thinking longer vs sampling more](eval/scaling_axes.png)", ""]
 
 
-def _ablation_section(root: Path) -> list[str]:
-    """SFT against logit distillation (`make ablation-gkd`), when runs/<run>/ablation/ holds its eval."""
-    res = _load(root / "ablation" / "eval" / "results.json")
+# runs/<run>/<folder>/ of each training ablation (Makefile targets ablation-gkd, -opd, -select): its section's
+# title and what it compares
+ABLATIONS = (
+    ("ablation", "7b. Ablation: SFT vs logit distillation (GKD) at equal training wall time",
+     "The same student (init, data, optimizer settings) trained on the teacher's filtered traces by SFT, and "
+     "by GKD (generalized JSD to the teacher's next-token distributions, partly on the student's own "
+     "samples), each for the same training time."),
+    ("ablation-opd", "7c. Ablation: on-policy distillation after SFT vs SFT continued, at equal wall time",
+     "The SFT'd student (as evaluated above) trained on for the same training time, by SFT on the same "
+     "traces, or by on-policy distillation (it samples, the teacher scores every token of its samples: "
+     "reverse KL)."),
+    ("ablation-select",
+     "7d. Ablation: half the training rows, selected by the teacher's pass rate vs at random",
+     "The same student from the same init and for the same steps, trained on half the filtered rows: the "
+     "problems the teacher solved least often first (hard but solved), or a random half."),
+)
+
+
+def _ablation_section(root: Path, folder: str, title: str, text: str) -> list[str]:
+    """A training ablation's models side by side, when runs/<run>/<folder>/ holds its eval."""
+    res = _load(root / folder / "eval" / "results.json")
     if res is None:
         return []
     rows = []
     for m in res["models"]:
-        s = _load(root / "ablation" / "sft" / m["name"] / "manifest.json") or {"counts": {}, "timings": {}}
-        rows.append([m["name"], s.get("method", "-"), s["counts"].get("steps", "-"),
+        # the ablation's own models, or the demo's (a baseline it starts from)
+        s = (_load(root / folder / "sft" / m["name"] / "manifest.json")
+             or _load(root / "sft" / m["name"] / "manifest.json") or {"counts": {}, "timings": {}})
+        rows.append([m["name"], s.get("method", "-"), s["counts"].get("rows", "-"),
+                     s["counts"].get("steps", "-"),
                      f"{s['timings']['train_s']:.0f}" if "train_s" in s["timings"] else "-"]
                     + [f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}" for b in m["budgets"]])
-    return ["## 7b. Ablation: SFT vs logit distillation (GKD) at equal training wall time",
-            ("The same student (init, data, optimizer settings) trained on the teacher's filtered traces by "
-             "SFT, and by GKD (generalized JSD to the teacher's next-token distributions, partly on the "
-             "student's own samples), each for the same training time; accuracy on the same "
-             f"{res['n_problems']} held-out problems."), "",
-            *_table(["model", "method", "steps", "train s"] + [f"B={b}" for b in res["budgets"]], rows), ""]
+    return [f"## {title}", f"{text} Accuracy on the same {res['n_problems']} held-out problems.", "",
+            *_table(["model", "method", "rows", "steps", "train s"] + [f"B={b}" for b in res["budgets"]],
+                    rows), ""]
 
 
 def _filter_ablation_section(root: Path, res: dict) -> list[str]:
@@ -305,7 +323,7 @@ def run(cfg: ReportConfig) -> Path:
     lines += ["## Summary", *_table(["target", "met", "measured"],
                                     [[t, "yes" if ok else "**no**", v] for t, ok, v in results]), ""]
     lines += (_data_sections(root) + _eval_sections(res) + _filter_ablation_section(root, res)
-              + _ablation_section(root) + _quantized_section(root))
+              + [x for a in ABLATIONS for x in _ablation_section(root, *a)] + _quantized_section(root))
     atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
     out = stage_dir(cfg.runs_dir, cfg.run, "report")
     finish(out, "report", cfg, {"results": root / "eval" / "results.json"},

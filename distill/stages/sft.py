@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from distill import backends, training
+from distill import backends, methods, training
 from distill import capabilities as caps
 from distill import target as T
 from distill.artifacts import (
@@ -81,8 +81,9 @@ class SftConfig:
     save_steps: Pos = opt(200, "checkpoint every this many steps")
     seed: int = opt(
         0, "seeds every random choice of the stage: the same settings and inputs give the same outputs")
-    method: Literal["sft", "gkd"] = opt("sft", "gkd: logit distillation from `teacher` (TRL's GKDTrainer)")
-    teacher: str = opt("", "gkd: path or Hub id of the teacher; it must share the student's tokenizer")
+    method: methods.Method = opt(
+        "sft", "distill: on-policy distillation from `teacher`; gkd, gold: TRL's GKD, GOLD (methods.py)")
+    teacher: str = opt("", "distill, gkd, gold: the teacher's path or Hub id; distill: or a vLLM server's URL")
     plan: dict = opt(dict, "the memory plan's settings (distill/planner.py): the recipe's `plan:` section")
     force: bool = opt(False, "train even when the plan says the run does not fit")
     revision: str = opt("", "a Hub model pinned to a tag, branch or commit")
@@ -100,8 +101,10 @@ class SftConfig:
             raise ValueError("`model` is required (a path or Hub id)")
         if self.until is not None and training.launch()[1] == "zero3":
             raise ValueError("until: the dev checks generate with the whole model; ZeRO-3 partitions it")
-        if self.method == "gkd" and not self.teacher:
-            raise ValueError("method=gkd needs `teacher` (a path or Hub id)")
+        if self.method in methods.WITH_TEACHER and not self.teacher:
+            raise ValueError(f"method={self.method} needs `teacher` (a path or Hub id)")
+        if methods.is_server(self.teacher) and self.method != "distill":
+            raise ValueError(f"teacher: a server teacher is for method=distill, not {self.method}")
         for k in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "save_steps", "logging_steps"):
             check_positive(k, getattr(self, k))
 
@@ -217,8 +220,10 @@ def _identity(cfg: SftConfig, data: Path) -> dict:
 def run(cfg: SftConfig) -> Path:
     started = time.time()
     for key in ("model", "teacher"):  # a path that is not a model folder: refused before anything loads
-        if getattr(cfg, key):
+        if getattr(cfg, key) and not methods.is_server(getattr(cfg, key)):
             backends.check_local_dir(getattr(cfg, key), f"sft: {key}")
+    if methods.is_server(cfg.teacher):
+        methods.check_server(cfg.teacher)
     # What each asked-for feature becomes here, decided once (distill/capabilities.py), then the memory plan of
     # what will run. The model's own config.json (a local folder's, else the recipe's shipped copy of the base's)
     # gives the dtype `auto` loads.
@@ -284,10 +289,6 @@ def run(cfg: SftConfig) -> Path:
         # when told they are on CPU; otherwise each trains alone, as rank 0 of 1, writing the same files.
         use_cpu=cpu, disable_tqdm=False,
         ddp_find_unused_parameters=False)  # every weight of a causal LM gets a gradient: no DDP graph walk
-    if cfg.method == "gkd":
-        # GKD's collator tokenizes the raw `messages` itself (prompt + completion), so there are no lengths
-        # for batch_rebalance to read, and its loss covers the whole assistant turn anyway.
-        settings |= {"train_sampling_strategy": "random", "assistant_only_loss": False}
     # `trl:` settings override ours; the capabilities' decisions override the recipe's asks they resolve
     decided = {"optim": choices["optimizer"].used, "bf16": precision == "bf16", "fp16": precision == "fp16",
                "use_liger_kernel": choices["liger"].used == "on"}
@@ -295,14 +296,16 @@ def run(cfg: SftConfig) -> Path:
         decided |= {"packing": False, "padding_free": False}
     # The Trainer's arguments before the model: under accelerate's DeepSpeed ZeRO-3 they register the config
     # that makes from_pretrained partition the weights as they load (each rank holds 1/N, never the whole).
-    trainer_cls, args = training.trainer(cfg.method, settings | cfg.trl | decided)
+    teach = methods.teacher_settings(cfg) if cfg.teacher else {}
+    trainer_cls, args = methods.trainer(cfg.method, settings | teach, cfg.trl, decided,
+                                        server=methods.is_server(cfg.teacher))
     peak = PeakMemory(facts.device).start()  # from before the weights load, to compare with the plan
     dtype = "auto" if cfg.dtype == "auto" and not choices["dtype"].reason else choices["dtype"].used
     policy = backends.recipe_policy(cfg, cfg.revision)
     model, tok = training.load_model(cfg.model, choices["attention"].used, dtype, policy)
-    extra = {}
-    if cfg.method == "gkd":
-        extra["teacher_model"] = _teacher(cfg, tok, choices["attention"].used, dtype)
+    teacher = methods.teacher_model(cfg, choices["attention"].used, dtype)
+    extra = {"teacher_model": teacher} if teacher is not None else {}
+    dataset = methods.rows(cfg.method, dataset)
     timer = training.step_timer()
     # a dev check runs before the timer marks its step, inside the timed span, which then leaves it out
     target = T.callback(cfg.until, dev, tok, out / "best") if dev else None
@@ -368,12 +371,3 @@ def run(cfg: SftConfig) -> Path:
         os._exit(0)
     return out
 
-
-def _teacher(cfg: SftConfig, tok, attn: str, dtype: str):
-    """The GKD teacher, held to the student's tokenizer: the divergence compares the two next-token
-    distributions id by id, so an id must mean the same text in both (TRL's `gold` is for differing ones)."""
-    teacher, teacher_tok = training.load_model(cfg.teacher, attn, dtype, backends.recipe_policy(cfg))
-    if teacher_tok.get_vocab() != tok.get_vocab():
-        raise UserError(f"sft: teacher {cfg.teacher} and student {cfg.model} have different tokenizers; "
-                        "gkd needs the same one")
-    return teacher
