@@ -144,7 +144,7 @@ ablation-gkd:
 OPD_S    ?= 60
 OPD      = runs_dir=runs/$(RUN) run=ablation-opd seed=$(SEED) model=runs/$(RUN)/sft/student-s/model \
 	data=runs/$(RUN)/filter/teacher/train.jsonl warmup=0
-OPD_ARGS ?= method=distill teacher=runs/$(RUN)/sft/teacher/model lr=2e-3 trl.max_completion_length=96 \
+OPD_ARGS ?= method=distill teacher=runs/$(RUN)/sft/teacher/model lr=2e-3 trl.max_completion_length=300 \
 	trl.temperature=1.0 trl.beta=1.0
 ablation-opd:
 	rm -rf runs/$(RUN)/ablation-opd
@@ -158,9 +158,7 @@ ablation-opd:
 	$(DISTILL) sft --config students/demo-s.yaml $(OPD) name=student-s-opd $(OPD_ARGS) \
 		trl.max_steps=$$(cut -d' ' -f2 runs/$(RUN)/ablation-opd/steps)
 	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-opd seed=$(SEED) $(GEN_ARGS) \
-		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, \
-		{name: student-s-sft-more, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-sft-more/model}, \
-		{name: student-s-opd, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-opd/model}]'
+		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, {name: student-s-sft-more, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-sft-more/model}, {name: student-s-opd, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-opd/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Ablation: data selection. Half the filtered rows, chosen by the teacher's pass rate per problem (the problems it
@@ -177,8 +175,7 @@ ablation-select:
 		seed=$(SEED) model=runs/$(RUN)/init/student-s name=student-s-$$by \
 		data=runs/$(RUN)/ablation-select/filter/teacher-$$by/train.jsonl || exit 1; done
 	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-select seed=$(SEED) $(GEN_ARGS) \
-		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, \
-		{name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
+		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, {name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Before a long run on a new GPU box: what each recipe feature becomes here, then the 1.5B and 7B recipes trained a few

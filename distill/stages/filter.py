@@ -243,5 +243,6 @@ def run(cfg: FilterConfig) -> Path:
         finish(tmp, "filter", cfg, {"traces": tr_path, "problems": pr_path},
                {"samples": len(traces), "kept": len(kept), **stats["dropped"], "not_selected": not_selected},
                started)
-    print(f"filter: kept {len(kept)} of {len(traces)} samples; dropped {stats['dropped']} -> {out}")
+    chosen = f"; {not_selected} passing rows left out by keep_rows={cfg.keep_rows}" if not_selected else ""
+    print(f"filter: kept {len(kept)} of {len(traces)} samples; dropped {stats['dropped']}{chosen} -> {out}")
     return out

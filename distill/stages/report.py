@@ -187,13 +187,13 @@ def _ablation_section(root: Path, folder: str, title: str, text: str) -> list[st
         # the ablation's own models, or the demo's (a baseline it starts from)
         s = (_load(root / folder / "sft" / m["name"] / "manifest.json")
              or _load(root / "sft" / m["name"] / "manifest.json") or {"counts": {}, "timings": {}})
-        rows.append([m["name"], s.get("method", "-"), s["counts"].get("rows", "-"),
-                     s["counts"].get("steps", "-"),
-                     f"{s['timings']['train_s']:.0f}" if "train_s" in s["timings"] else "-"]
+        steps, train_s = s["counts"].get("steps"), s["timings"].get("train_s")
+        rows.append([m["name"], s.get("method", "-"), s["counts"].get("rows", "-"), steps or "-",
+                     f"{train_s:.0f}" if train_s else "-", f"{train_s / steps:.3f}" if train_s and steps else "-"]
                     + [f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}" for b in m["budgets"]])
     return [f"## {title}", f"{text} Accuracy on the same {res['n_problems']} held-out problems.", "",
-            *_table(["model", "method", "rows", "steps", "train s"] + [f"B={b}" for b in res["budgets"]],
-                    rows), ""]
+            *_table(["model", "method", "rows", "steps", "train s", "s/step"]
+                    + [f"B={b}" for b in res["budgets"]], rows), ""]
 
 
 def _filter_ablation_section(root: Path, res: dict) -> list[str]:
