@@ -182,18 +182,34 @@ def _ablation_section(root: Path, folder: str, title: str, text: str) -> list[st
     res = _load(root / folder / "eval" / "results.json")
     if res is None:
         return []
-    rows = []
+    rows, own = [], []
     for m in res["models"]:
         # the ablation's own models, or the demo's (a baseline it starts from)
         s = (_load(root / folder / "sft" / m["name"] / "manifest.json")
              or _load(root / "sft" / m["name"] / "manifest.json") or {"counts": {}, "timings": {}})
         steps, train_s = s["counts"].get("steps"), s["timings"].get("train_s")
+        if (root / folder / "sft" / m["name"]).is_dir() and steps and train_s:
+            own.append((m["name"], s.get("method"), steps, train_s, m["budgets"][-1]["accuracy"]))
         rows.append([m["name"], s.get("method", "-"), s["counts"].get("rows", "-"), steps or "-",
-                     f"{train_s:.0f}" if train_s else "-", f"{train_s / steps:.3f}" if train_s and steps else "-"]
+                     f"{train_s:.0f}" if train_s else "-",
+                     f"{train_s / steps:.3f}" if train_s and steps else "-"]
                     + [f"{b['accuracy']:.3f} ± {b['accuracy_std']:.3f}" for b in m["budgets"]])
     return [f"## {title}", f"{text} Accuracy on the same {res['n_problems']} held-out problems.", "",
             *_table(["model", "method", "rows", "steps", "train s", "s/step"]
-                    + [f"B={b}" for b in res["budgets"]], rows), ""]
+                    + [f"B={b}" for b in res["budgets"]], rows), "", *_per_step(own, res["budgets"][-1])]
+
+
+def _per_step(own: list[tuple], budget: int) -> list[str]:
+    """When the ablation trained by two methods: what a step of each cost and where each got (the why of an
+    equal-time comparison: the costlier step gets fewer of them)."""
+    if len({o[1] for o in own}) < 2:
+        return []
+    cheap, dear = min(own, key=lambda o: o[3] / o[2]), max(own, key=lambda o: o[3] / o[2])
+    ratio = (dear[3] / dear[2]) / (cheap[3] / cheap[2])
+    lead = dear[4] - cheap[4]
+    return [f"One {dear[1]} step cost {ratio:.1f}x one {cheap[1]} step here, so {dear[0]} took {dear[2]} "
+            f"steps in {dear[3]:.0f} s where {cheap[0]} took {cheap[2]} in {cheap[3]:.0f} s; at B={budget} "
+            f"{dear[0]} is {abs(lead):.3f} {'ahead' if lead >= 0 else 'behind'}.", ""]
 
 
 def _filter_ablation_section(root: Path, res: dict) -> list[str]:
