@@ -135,8 +135,13 @@ def teacher_settings(cfg) -> dict:
     return {}
 
 
+def teacher_loaded(cfg) -> bool:
+    """Whether the method loads its teacher beside the student (not for sft, nor a server teacher)."""
+    return cfg.method in WITH_TEACHER and not is_server(cfg.teacher)
+
+
 def teacher_model(cfg, attn: str, dtype: str):
     """The teacher loaded beside the student (None for a server teacher)."""
-    if cfg.method not in WITH_TEACHER or (cfg.method == "distill" and is_server(cfg.teacher)):
+    if not teacher_loaded(cfg):
         return None
     return training.load_model(cfg.teacher, attn, dtype, backends.recipe_policy(cfg))[0]

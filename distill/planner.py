@@ -48,6 +48,8 @@ class PlanConfig:
     runs_dir: str = opt("runs", "where runs live")
     name: str = opt("student", "the plan's name: runs/<run>/plan/<name>/")
     arch: str = opt("", "the student's config.json (or a model directory holding one)")
+    teacher_arch: str = opt("", "a teacher loaded beside the student (sft's distill, gkd, gold): its config.json "
+                                "or model directory; its weights count on every GPU (1/N under ZeRO-3)")
     training: dict = opt(dict, "the recipe's sft section (`training: *sft` in YAML)")
     engine: Literal["ddp", "fsdp", "zero1", "zero2", "zero3", "zero3_offload"] = opt(
         "ddp", "ddp, fsdp, zero1, zero2, zero3 or zero3_offload (students/accelerate/)")
@@ -281,6 +283,9 @@ def estimate(a: dict, cfg: PlanConfig, shape: dict, micro_batch: int) -> dict:
     buf = buffers(a, cfg.engine, cfg.gpus, shape["precision"], shape["reserve"])
     if shape.get("vllm_share"):
         buf["colocated_vllm"] = shape["vllm_share"] * cfg.gpu_memory * GB
+    if shape.get("teacher_params"):  # frozen, in the weights' precision: no gradients or optimizer states
+        shards = cfg.gpus if cfg.engine.startswith("zero3") else 1
+        buf["teacher_weights"] = (4 if shape["precision"] == "fp32" else 2) * shape["teacher_params"] / shards
     act = acts[(shape["attn"], shape["checkpointing"])]
     total = ms["weights"] + ms["gradients"] + ms["optimizer"] + act + sum(buf.values())
     return {"micro_batch": micro_batch, "model_states": ms, "optimizer_variants": variants,
@@ -350,6 +355,7 @@ def plan(cfg: PlanConfig, sft, facts: caps.Facts | None = None) -> dict:
     see facts_for_plan)."""
     a = architecture(load_arch(cfg.arch))
     shape = resolve(cfg, sft, facts or facts_for_plan())
+    shape["teacher_params"] = architecture(load_arch(cfg.teacher_arch))["params"] if cfg.teacher_arch else 0
     est = estimate(a, cfg, shape, shape["batch_size"])
     fit = largest_fit(a, cfg, shape)
     split = accumulation(shape["global_batch"], cfg.gpus, fit)

@@ -67,3 +67,20 @@ def test_loss_head_term_matches_a_real_trl_step_at_two_vocabularies():
     small, large = _point("H", "1024", "4096"), _point("H", "1024", "32768")
     predicted = large["predicted_gb"] - small["predicted_gb"]
     assert large["measured_gb"] - small["measured_gb"] == pytest.approx(predicted, rel=0.2)
+
+
+def test_plan_counts_a_teacher_loaded_beside_the_student(tmp_path):
+    def total(*extra: str) -> float:
+        distill("plan", "--config", "students/qwen2.5-1.5b.yaml", f"runs_dir={tmp_path}", "gpus=1", *extra,
+                check=False)
+        plan = next((tmp_path / "qwen").glob("plan/*/plan.json"))
+        est = json.loads(plan.read_text())["estimate"]
+        plan.unlink()
+        return est
+
+    alone = total()
+    with_teacher = total("teacher_arch=students/configs/qwen2.5-7b.json")
+    extra = with_teacher["buffers"]["teacher_weights"]
+    assert "teacher_weights" not in alone["buffers"]
+    assert extra == pytest.approx(2 * 7.6e9, rel=0.02)  # bf16 weights of the 7.6B teacher, on the one GPU
+    assert with_teacher["total"] == pytest.approx(alone["total"] + extra, rel=1e-6)

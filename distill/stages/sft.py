@@ -145,6 +145,8 @@ def _check_memory(cfg: SftConfig, facts: caps.Facts, choices: dict, config_json:
     try:
         if config_json is not None:  # the model that will load, not the recipe's shipped architecture
             settings["arch"] = str(config_json)
+        if methods.teacher_loaded(cfg) and Path(cfg.teacher).is_dir():  # the teacher beside it, on every GPU
+            settings["teacher_arch"] = str(training.model_config(cfg.teacher))
         p = plan.plan(plan.PlanConfig(**settings), cfg, facts)
     except (TypeError, ValueError, AttributeError, UserError) as e:
         if cfg.plan:  # the recipe asked for the plan: its mistakes are the user's to fix
