@@ -101,7 +101,7 @@ ablation-filter:
 		data=runs/$(RUN)/filter/teacher-unfiltered/train.jsonl
 	$(GEN) eval          --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-filter seed=$(SEED) $(GEN_ARGS) \
 		problems=runs/$(RUN)/problems/eval.jsonl \
-		models='[{name: student-l-unfiltered, role: student, path: runs/$(RUN)/sft/student-l-unfiltered/model}]'
+		cascades='[]' models='[{name: student-l-unfiltered, role: student, path: runs/$(RUN)/sft/student-l-unfiltered/model}]'
 	$(DISTILL) report    --config eval/demo.yaml $(R)
 
 # The demo's teacher and largest student quantized (GGUF q8_0 and Q4_K_M through llama.cpp, bitsandbytes 8-bit and
@@ -133,7 +133,7 @@ ablation-gkd:
 		s, t = m("student-l-sft"), m("gkd-timing"); print(round(s["timings"]["train_s"] * t["counts"]["steps"] / t["timings"]["train_s"]))') && \
 	echo "gkd: $$steps steps for the SFT run's training time" && \
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-gkd $(GKD_ARGS) trl.max_steps=$$steps
-	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation seed=$(SEED) problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-l-sft, role: student, path: runs/$(RUN)/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/$(RUN)/ablation/sft/student-l-gkd/model}]'
+	$(DISTILL) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation seed=$(SEED) problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' models='[{name: student-l-sft, role: student, path: runs/$(RUN)/ablation/sft/student-l-sft/model}, {name: student-l-gkd, role: student, path: runs/$(RUN)/ablation/sft/student-l-gkd/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Ablation: the demo's smaller student (the one with headroom), SFT'd as in `make demo`, then trained on for the same
@@ -158,7 +158,7 @@ ablation-opd:
 	$(DISTILL) sft --config students/demo-s.yaml $(OPD) name=student-s-opd $(OPD_ARGS) \
 		trl.max_steps=$$(cut -d' ' -f2 runs/$(RUN)/ablation-opd/steps)
 	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-opd seed=$(SEED) $(GEN_ARGS) \
-		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, {name: student-s-sft-more, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-sft-more/model}, {name: student-s-opd, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-opd/model}]'
+		problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' models='[{name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, {name: student-s-sft-more, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-sft-more/model}, {name: student-s-opd, role: student, path: runs/$(RUN)/ablation-opd/sft/student-s-opd/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Ablation: data selection. Half the filtered rows, chosen by the teacher's pass rate per problem (the problems it
@@ -175,7 +175,7 @@ ablation-select:
 		seed=$(SEED) model=runs/$(RUN)/init/student-s name=student-s-$$by \
 		data=runs/$(RUN)/ablation-select/filter/teacher-$$by/train.jsonl || exit 1; done
 	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-select seed=$(SEED) $(GEN_ARGS) \
-		problems=runs/$(RUN)/problems/eval.jsonl models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, {name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
+		problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, {name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Before a long run on a new GPU box: what each recipe feature becomes here, then the 1.5B and 7B recipes trained a few

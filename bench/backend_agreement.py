@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--model", default="runs/demo/sft/teacher/model")
     args = ap.parse_args()
     models = json.dumps([{"name": "teacher", "role": "teacher", "path": str(ROOT / args.model)}])
-    common = ["eval", "--config", "eval/demo.yaml", f"runs_dir={RUNS}", f"models={models}", "temperature=0",
+    common = ["eval", "--config", "eval/demo.yaml", f"runs_dir={RUNS}", "cascades=[]", f"models={models}", "temperature=0",
               f"problems={ROOT / 'runs/demo/problems/eval.jsonl'}"]
     runs = {"transformers": [sys.executable, "-m", "distill.cli", *common, "run=tf"],
             "vllm": [str(ROOT / ".venv-vllm/bin/distill"), *common, "run=vl", "backend=vllm"]}

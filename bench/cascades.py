@@ -1,6 +1,7 @@
-"""Would a cascade pay on the demo? Replays an eval's own samples (distill/cascade.py): each cascade's
-accuracy and measured cost per correct answer beside every model alone, relative to the best single model
-at the largest budget, and the share of problems each stage answered.
+"""Would a cascade pay on the demo? Replays eval's own samples of finished runs (distill/cascade.py, the code
+eval runs for its `cascades:`) for eval/demo.yaml's cascades and a few more: thresholds picked on half the
+held-out problems, each cascade's accuracy and measured cost per correct answer on the other half, against
+the best single model at the largest budget and the cheapest single model within 0.01 of it.
 
     .venv/bin/python bench/cascades.py [runs/demo runs/demo-seed1 ...]   # after make demo (SEED=k)
 """
@@ -12,50 +13,45 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.cascade import Stage, costs, index, replay  # noqa: E402
+from distill.cascade import evaluate_all  # noqa: E402
 
-
-def cascades(top: int, low: int) -> dict[str, tuple[list[Stage], str]]:
-    s, m, t = "student-s", "student-l", "teacher"
-    return {
-        "s (2 samples) -> l, on disagreement or a cut thinking":
-            ([Stage(s, top, 2), Stage(m, top)], "either"),
-        "s -> l, on a cut thinking": ([Stage(s, top), Stage(m, top)], "unclosed"),
-        "s (2 samples) -> teacher, on either": ([Stage(s, top, 2), Stage(t, top)], "either"),
-        f"l at B={low} -> l at B={top}, on a cut thinking": ([Stage(m, low), Stage(m, top)], "unclosed"),
-        f"l at B={low} (2 samples) -> l at B={top}, on either": ([Stage(m, low, 2), Stage(m, top)], "either"),
-    }
+MORE = [
+    {"name": "s->l (1 sample)", "stages": [{"model": "student-s", "budget": 256}, {"model": "student-l", "budget": 256}]},
+    {"name": "l x2 -> teacher", "stages": [{"model": "student-l", "budget": 256, "k": 2},
+                                           {"model": "teacher", "budget": 256}]},
+    {"name": "l@64 x2 -> l@256", "stages": [{"model": "student-l", "budget": 64, "k": 2},
+                                            {"model": "student-l", "budget": 256}]},
+    {"name": "s@64 x2 -> l@128 -> l@256", "stages": [{"model": "student-s", "budget": 64, "k": 2},
+                                                    {"model": "student-l", "budget": 128},
+                                                    {"model": "student-l", "budget": 256}]},
+]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="*", default=["runs/demo"])
     args = ap.parse_args()
+    specs = yaml.safe_load((ROOT / "eval" / "demo.yaml").read_text())["eval"]["cascades"] + MORE
     for run in args.runs:
         res = json.loads((Path(run) / "eval" / "results.json").read_text())
         samples = [json.loads(x) for x in (Path(run) / "eval" / "samples.jsonl").read_text().splitlines()]
-        by_key, (spt, price) = index(samples), costs(res)
-        problems = sorted({r["problem_id"] for r in samples})
-        budgets = res["budgets"]
-        top, low = budgets[-1], budgets[len(budgets) // 2]
-        singles = {(m["name"], b): replay(by_key, problems, [Stage(m["name"], b)], "either", spt, price)
-                   for m in res["models"] for b in budgets}
-        best = max(((k, v) for k, v in singles.items() if k[1] == top), key=lambda kv: kv[1]["accuracy"])
-        ref = best[1]["cost_per_correct"]
-        print(f"\n{run}: {len(problems)} problems, sample 0 of each stage (k samples: the first k); cost per "
-              f"correct relative to the best single model at B={top}, {best[0][0]}")
-        print("| model or cascade | accuracy | $ per correct ÷ best | answered by each stage |")
-        print("|---|---|---|---|")
-        for (name, b), v in singles.items():
-            if b in (low, top):
-                print(f"| {name} at B={b} | {v['accuracy']:.3f} | {v['cost_per_correct'] / ref:.2f} | |")
-        for name, (stages, rule) in cascades(top, low).items():
-            v = replay(by_key, problems, stages, rule, spt, price)
-            print(f"| {name} | {v['accuracy']:.3f} | {v['cost_per_correct'] / ref:.2f} | "
-                  f"{' / '.join(f'{a:.2f}' for a in v['answered'])} |")
+        out = evaluate_all(specs, res, samples)
+        c0, cheap = out["cascades"][0], out["cheapest_single"]
+        best = c0["best_single"]
+        print(f"\n{run}: thresholds on {c0['calibration_problems']} problems, reported on {c0['test_problems']}; "
+              f"best single {best['model']}@{best['budget']} {best['accuracy']:.3f}; cheapest within 0.01: "
+              f"{cheap['model']}@{cheap['budget']} {cheap['accuracy']:.3f} at "
+              f"{cheap['cost_per_correct'] / best['cost_per_correct']:.2f} of its cost")
+        print("| cascade | thresholds | accuracy | Δ vs best | $ per correct ÷ best | answered by each stage |")
+        print("|---|---|---|---|---|---|")
+        for c in out["cascades"]:
+            print(f"| {c['name']} | {c['thresholds']} | {c['test']['accuracy']:.3f} | {c['accuracy_gap']:+.3f} | "
+                  f"{c['relative_cost']:.2f} | {' / '.join(f'{a:.2f}' for a in c['test']['answered'])} |")
     return 0
 
 

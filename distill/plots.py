@@ -146,3 +146,34 @@ def scaling_figure(models: list[dict]):
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Thinking longer vs sampling more")
     return fig
+
+
+def cascades(cascades: dict, path: Path) -> None:
+    _save(frontier_figure(cascades), path)
+
+
+def frontier_figure(cascades: dict):
+    """eval's cascades on the test split: every model alone (a line over its budgets) and every cascade (its
+    calibrated setting as a star, the other settings of its calibration frontier as a dotted line), accuracy
+    against measured dollars per 1,000 correct answers."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    singles: dict[str, list] = {}
+    for s in cascades["singles"]:
+        if s["cost_per_correct"]:
+            singles.setdefault(s["model"], []).append((s["cost_per_correct"] * 1000, s["accuracy"]))
+    for name, pts in singles.items():
+        ax.plot(*zip(*pts), marker="o", linewidth=1.2, alpha=0.7, label=f"{name} alone (budgets)")
+    for c in cascades["cascades"]:
+        pts = [(f["cost_per_correct"] * 1000, f["accuracy"]) for f in c["frontier"] if f["cost_per_correct"]]
+        line = ax.plot(*zip(*pts), linestyle=":", linewidth=1)[0] if pts else None
+        if c["test"]["cost_per_correct"]:
+            ax.plot(c["test"]["cost_per_correct"] * 1000, c["test"]["accuracy"], marker="*", markersize=13,
+                    linestyle="none", color=line.get_color() if line else None, label=f"cascade {c['name']}")
+    ax.set(xlabel="measured \\$ per 1,000 correct answers", ylabel="accuracy (test split of the held-out)",
+           ylim=(0, 1.02), title="Cascades against every model alone")
+    if singles:
+        _plain_log_x(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig

@@ -64,7 +64,7 @@ def test_staging_leaves_nothing_half_written(tmp_path):
     (["problems", "--config", "eval/demo.yaml", "eval_per_task=0"],
      "command line: eval_per_task: Input should be greater than 0 (got 0)"),
     (["eval", "--config", "eval/demo.yaml", "budgets=[0, 8]"], "command line: budgets[0]: Input should be greater than 0"),
-    (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: student, path: runs/none/model}]"],
+    (["eval", "--config", "eval/demo.yaml", "cascades=[]", "models=[{name: x, role: student, path: runs/none/model}]"],
      "model 'x' not found at runs/none/model"),
     (["eval", "--config", "eval/demo.yaml", "models=[{name: x, role: boss, path: p}]"],
      "command line: models[0].role: Input should be 'teacher' or 'student' (got 'boss')"),

@@ -14,8 +14,10 @@ batched at `batch_size`), peak memory, parameter count, FLOPs per problem (2 x p
 per correct answer (measured seconds x `price_per_hour`).
 A model with `draft: <path>` (transformers) is sampled with that draft (speculative decoding); its cost then
 has `speculative`: acceptance rate and speed-up against the same model alone (see `_speculative`).
+Cascades (`cascades:`, distill/cascade.py) are replayed over the samples once every model is evaluated: their
+thresholds picked on a calibration split of the problems, their accuracy and cost reported on the rest.
 Output: runs/<run>/eval/{results.json, results.csv, samples.jsonl, accuracy_vs_thinking.png,
-accuracy_vs_cost.png}.
+accuracy_vs_cost.png, scaling_axes.png[, cascades.png]}.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pydantic import ConfigDict
 from typing_extensions import NotRequired, TypedDict
 
 from distill import generate as G
-from distill import metrics, verify
+from distill import cascade, metrics, verify
 from distill.artifacts import (
     Fallbacks,
     UserError,
@@ -46,7 +48,7 @@ from distill.artifacts import (
     staging,
     write_jsonl,
 )
-from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, check_positive, opt
+from distill.config import NonNeg, NonNegFloat, Pos, PosFloat, Share, check_positive, opt
 from distill.memory import PeakMemory
 from distill.sampling import Engine, Sampling, group, open_backend
 
@@ -60,6 +62,21 @@ class ModelSpec(TypedDict):
     backend: NotRequired[Literal["transformers", "vllm", "openai", "llama_cpp"]]
     draft: NotRequired[str]  # transformers: a smaller model with the same tokenizer (speculative decoding)
     revision: NotRequired[str]  # a Hub model pinned to a tag, branch or commit
+
+
+class StageSpec(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # noqa: RUF012
+    model: str  # a `models:` name
+    budget: int  # one of `budgets`
+    k: NotRequired[int]  # samples the stage draws (majority answer), <= n
+
+
+class CascadeSpec(TypedDict):
+    """One entry of `cascades:` (distill/cascade.py): replayed over this eval's own samples."""
+    __pydantic_config__ = ConfigDict(extra="forbid")  # noqa: RUF012
+    name: str
+    stages: list[StageSpec]
+    rule: NotRequired[Literal["agreement", "thinking", "both"]]  # the signals its thresholds are picked on
 
 
 @dataclass
@@ -82,6 +99,12 @@ class EvalConfig:
     # elsewhere; vLLM warms its engine at start, and a draft's one-prompt-at-a-time run would count the
     # warm-up's draft tokens
     warmup: bool = opt(True, "transformers on CPU: an untimed pass first (a first pass runs 10-18% slow)")
+    cascades: list[CascadeSpec] = opt(
+        list, "[{name, stages: [{model, budget[, k]}, ...][, rule: agreement|thinking|both]}]: replayed over "
+              "the samples, thresholds picked on a calibration split (distill/cascade.py)")
+    calibration_share: Share = opt(0.5, "cascades: the share of the problems their thresholds are picked on")
+    cascade_tolerance: Share = opt(0.01, "cascades: the accuracy a cascade may give up against the best "
+                                         "single model (on the calibration split)")
     sampling: Sampling = group(Sampling, n=4)
     engine: Engine = group(Engine)  # a model's own `backend` wins
 
@@ -110,6 +133,18 @@ class EvalConfig:
                              "thinking): eval needs openai.api=completions")
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
+        for c in self.cascades:
+            if len(c["stages"]) < 2:
+                raise ValueError(f"cascade {c['name']}: a cascade needs at least 2 stages")
+            for st in c["stages"]:
+                if st["model"] not in names:
+                    raise ValueError(f"cascade {c['name']}: model {st['model']!r} is not one of models {names} "
+                                     "(cascades=[] evaluates without cascades)")
+                if st["budget"] not in self.budgets:
+                    raise ValueError(f"cascade {c['name']}: budget {st['budget']} is not one of budgets "
+                                     f"{self.budgets}")
+                if not 1 <= st.get("k", 1) <= self.sampling.n:
+                    raise ValueError(f"cascade {c['name']}: k={st.get('k')} must be in [1, n={self.sampling.n}]")
 
 
 def _generate_all(cfg: EvalConfig, backend, problems: list[dict]):
@@ -317,6 +352,15 @@ def run(cfg: EvalConfig) -> Path:
     out = stage_dir(cfg.runs_dir, cfg.run, "eval")
     results = {"problems": str(src), "n_problems": len(problems), "n": cfg.sampling.n, "budgets": cfg.budgets,
                "temperature": cfg.sampling.temperature, "models": models}
+    if cfg.cascades:
+        results["cascades"] = cascade.evaluate_all(cfg.cascades, results, samples, cfg.calibration_share,
+                                                   cfg.cascade_tolerance)
+        for c in results["cascades"]["cascades"]:
+            b = c["best_single"]
+            rel = "n/a" if c["relative_cost"] is None else f"{c['relative_cost']:.2f}x"
+            print(f"eval: cascade {c['name']}: accuracy {c['test']['accuracy']:.3f} at "
+                  f"{rel} the cost per correct of {b['model']} alone "
+                  f"({b['accuracy']:.3f}), on {c['test_problems']} test problems")
     with staging(out) as tmp:
         atomic_write_json(tmp / "results.json", results)
         atomic_write_text(tmp / "results.csv", _csv(models))
@@ -324,6 +368,8 @@ def run(cfg: EvalConfig) -> Path:
         plots.accuracy_vs_thinking(models, tmp / "accuracy_vs_thinking.png")
         plots.accuracy_vs_cost(models, tmp / "accuracy_vs_cost.png")
         plots.scaling_axes(models, tmp / "scaling_axes.png")
+        if cfg.cascades:
+            plots.cascades(results["cascades"], tmp / "cascades.png")
         inputs = {"problems": src} | {m["name"]: Path(m["path"]) for m in cfg.models if Path(m["path"]).is_dir()}
         finish(tmp, "eval", cfg, inputs, {"problems": len(problems), "samples": len(samples)}, started,
                fallbacks=fallbacks.items)

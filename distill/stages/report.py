@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill import effort
 from distill.artifacts import UserError, atomic_write_text, finish, read_jsonl, stage_dir
 from distill.config import opt
 
@@ -123,7 +124,62 @@ def _eval_sections(res: dict) -> list[str]:
         "cost follows FLOPs only where a model's tokens/s grows as its size shrinks.", "",
         *_table(["model", "params", "tokens/s", "latency p50 s", "latency p95 s", "peak memory MB",
                  "FLOPs/problem", "best B", "$ per correct", "FLOPs per correct"], cost), "",
-        "![accuracy vs cost](eval/accuracy_vs_cost.png)", "", *_speculative_lines(models)]
+        "![accuracy vs cost](eval/accuracy_vs_cost.png)", "", *_effort_lines(models), *_speculative_lines(models),
+        *_cascade_lines(res.get("cascades"))]
+
+
+def _effort_lines(models: list[dict]) -> list[str]:
+    """What `distill serve results=...` would calibrate as reasoning_effort (distill/effort.py) for each model,
+    and what a correct answer costs at each level: levels on the same budget cost the same."""
+    rows = []
+    for m in models:
+        cal = effort.from_curve(m["budgets"])
+        at = {b["budget"]: b for b in m["budgets"]}
+        cells = []
+        for b in cal["efforts"].values():
+            cost = at[b]["cost_per_correct"]
+            cells.append(f"B={b} ({at[b]['accuracy']:.3f}, {'-' if cost is None else f'{cost:.2e}'})")
+        rows.append([m["name"], *cells])
+    return ["Reasoning effort as `distill serve` calibrates it from these curves (the smallest budget reaching "
+            "90% / 97% / 100% of the model's best accuracy): budget (accuracy, $ per correct). Levels that "
+            "share a budget mean the curve still rises at the largest budget evaluated:", "",
+            *_table(["model", "low", "medium", "high"], rows), ""]
+
+
+def _cascade_lines(cas: dict | None) -> list[str]:
+    """eval's cascades (distill/cascade.py): each against the best single model at the largest budget, on the
+    problems their thresholds were not picked on."""
+    if not cas or not cas["cascades"]:
+        return []
+    rows, verdicts = [], []
+    for c in cas["cascades"]:
+        stages = " → ".join(f"{s['model']}@{s['budget']}" + (f" ×{s['k']}" if s["k"] > 1 else "")
+                            for s in c["stages"])
+        thr = "; ".join(", ".join(x for x in (f"agreement < {t['min_agreement']:.2f}" if t["min_agreement"] else "",
+                                              f"thinking > {t['max_thinking']}" if t["max_thinking"] is not None
+                                              else "") if x) or "never" for t in c["thresholds"])
+        rel = c["relative_cost"]
+        rows.append([c["name"], stages, thr, f"{c['test']['accuracy']:.3f}", "-" if rel is None else f"{rel:.2f}",
+                     " / ".join(f"{a:.2f}" for a in c["test"]["answered"])])
+        met = c["accuracy_gap"] >= -cas["tolerance"] - 1e-9 and rel is not None and rel <= 0.7
+        verdicts.append(f"- {c['name']}: " + ("within {:.2f} of {} at ≤ 0.7 of its cost: met".format(
+            cas["tolerance"], c["best_single"]["model"]) if met else
+            f"misses: accuracy {c['accuracy_gap']:+.3f} against {c['best_single']['model']} alone, at "
+            f"{'-' if rel is None else f'{rel:.2f}'} of its cost per correct (target: within "
+            f"{cas['tolerance']:.2f}, ≤ 0.7)"))
+    c0, cheap = cas["cascades"][0], cas.get("cheapest_single")
+    b = c0["best_single"]
+    return ["### Adaptive compute: cascades",
+            f"Each problem goes to the first stage and on when that stage's samples disagree or think too long "
+            f"(thresholds picked on {c0['calibration_problems']} problems, reported on the other "
+            f"{c0['test_problems']}); every stage a problem passed through is paid at its model's measured "
+            f"tokens/s. Best single model at B={b['budget']}: {b['model']} ({b['accuracy']:.3f})" +
+            (f"; the cheapest single model within {cas['tolerance']:.2f} of it: {cheap['model']} at "
+             f"B={cheap['budget']} ({cheap['accuracy']:.3f}, {cheap['cost_per_correct'] / b['cost_per_correct']:.2f} "
+             f"of its cost per correct)." if cheap and b["cost_per_correct"] else "."), "",
+            *_table(["cascade", "stages", "escalates when", "accuracy", "$ per correct ÷ best single",
+                     "answered by each stage"], rows), "", *verdicts, "",
+            "![cascades against every model alone](eval/cascades.png)", ""]
 
 
 def _speculative_lines(models: list[dict]) -> list[str]:
