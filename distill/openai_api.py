@@ -52,7 +52,7 @@ class ChatRequest(BaseModel):
     n: Literal[1] = 1  # one choice per request: send n requests (they are batched together)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    reasoning_effort: Literal["low", "medium", "high", "auto"] | None = None  # auto: the cascade
 
 
 class CompletionRequest(BaseModel):
@@ -97,6 +97,8 @@ def usage(r: dict) -> dict:
          "total_tokens": r["prompt_tokens"] + r["completion_tokens"]}
     if "reasoning_tokens" in r:
         u["completion_tokens_details"] = {"reasoning_tokens": r["reasoning_tokens"]}
+    if "cascade" in r:  # reasoning_effort auto: which stage answered (every stage's tokens counted above)
+        u["cascade"] = r["cascade"]
     return u
 
 

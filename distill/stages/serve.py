@@ -3,7 +3,9 @@
     GET  /v1/models
     POST /v1/chat/completions   thinking in `reasoning_content` (as vLLM's reasoning parsers return it), the
                                 answer in `content`; `reasoning_effort: low|medium|high` picks the thinking
-                                budget calibrated from the model's eval curve (distill/effort.py)
+                                budget calibrated from the model's eval curve (distill/effort.py);
+                                `auto` runs a cascade eval calibrated (`cascade=`, distill/cascade.py): the
+                                first stage that is sure of its answer answers, `usage.cascade` says which
     POST /v1/completions        the raw primitive: a text or token-id prompt continued as is (as vLLM does),
                                 so `backend: openai` can run traces and eval against this server
     GET  /health                liveness and batching counters (no key needed)
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from distill import effort
+from distill import cascade, effort, verify
 from distill import generate as G
 from distill import openai_api as api
 from distill.artifacts import Fallbacks, UserError, log
@@ -50,7 +53,12 @@ class ServeConfig:
     results: str = opt(
         "", "an eval results.json: calibrate reasoning_effort, save <model>/reasoning_effort.json")
     eval_name: str = opt("", "the model's `name` in results.json (default: the entry whose path is `model`)")
-    default_effort: Literal["low", "medium", "high"] = opt("medium", "a request naming no reasoning_effort")
+    default_effort: Literal["low", "medium", "high", "auto"] = opt(
+        "medium", "a request naming no reasoning_effort")
+    cascade: str = opt("", "reasoning_effort auto: the cascade of that name in results= (eval's `cascades:`)")
+    endpoints: dict[str, str] = opt(
+        dict, "cascade stages served elsewhere: {eval model name: server URL ending in /v1}, reached through "
+              "backend openai (the server serves it under that name)")
     api_key_env: str = opt("", "environment variable holding the API key (empty: no key)")
     max_prompt_tokens: Pos = opt(512, "the longest prompt a request may send")
     max_tokens: Pos = opt(512, "the most a request may ask for (thinking + answer); also its default")
@@ -70,6 +78,10 @@ class ServeConfig:
             self.engine.backend = "llama_cpp"
         if self.engine.backend == "solver":
             raise ValueError("backend solver writes traces only; serve needs a model")
+        if self.cascade and not self.results:
+            raise ValueError("cascade needs results= (the eval results.json that calibrated it)")
+        if self.default_effort == "auto" and not self.cascade:
+            raise ValueError("default_effort auto needs cascade= (a cascade of an eval's results)")
 
 
 # ---- sampling over the primitive (synchronous: runs in the worker thread; `distill chat` calls it directly)
@@ -91,7 +103,7 @@ def sample_chat(backend, prompts: list[list[int]], *, thinking: int, max_tokens:
         text = G.decode(backend.tok, ans.ids[:room])
         out.append({"thinking": G.decode(backend.tok, think[i]),
                     "answer": text if natural else f"{cue} {text}",  # eval grades forced answers this way
-                    "reasoning_tokens": len(think[i]),
+                    "reasoning_tokens": len(think[i]), "cut": natural is None,
                     "completion_tokens": len(think[i]) + len(ans.ids[:room]),
                     "finish_reason": "stop" if ans.stopped and len(ans.ids) <= room else "length"})
     return out
@@ -113,8 +125,10 @@ class Job:
 
 
 class Server:
-    def __init__(self, cfg: ServeConfig, backend, efforts: dict | None, api_key: str):
+    def __init__(self, cfg: ServeConfig, backend, efforts: dict | None, api_key: str, cascade: dict | None = None):
         self.cfg, self.backend, self.efforts, self.api_key = cfg, backend, efforts, api_key
+        # reasoning_effort auto: {stages: [{model, budget, k, backend: index into backends}], thresholds}
+        self.cascade, self.backends = cascade, [backend] + (cascade or {}).get("backends", [])
         self.name = cfg.name or _default_name(cfg.model)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="serve-backend")
         self.queue: asyncio.Queue | None = None  # made in the server's event loop (build_app's lifespan)
@@ -166,15 +180,16 @@ class Server:
                         j.future.set_result(r)
 
     def _call(self, key: tuple, batch: list[Job]) -> list[dict]:
-        kind, budget, temperature, top_p, seed, stop = key
+        kind, budget, temperature, top_p, seed, stop, which = key
+        backend = self.backends[which]
         if seed is None:  # a new seed per call, so repeated requests sample anew
             self.calls += 1
             seed = self.cfg.sampling.seed + 1_000_003 * self.calls
         prompts, caps = [j.prompt for j in batch], [j.max_tokens for j in batch]
         if kind == "chat":
-            return sample_chat(self.backend, prompts, thinking=budget, max_tokens=caps,
+            return sample_chat(backend, prompts, thinking=budget, max_tokens=caps,
                                cue=self.cfg.sampling.answer_cue, temperature=temperature, top_p=top_p, seed=seed)
-        return sample_raw(self.backend, prompts, max_tokens=caps, stop=list(stop), temperature=temperature,
+        return sample_raw(backend, prompts, max_tokens=caps, stop=list(stop), temperature=temperature,
                           top_p=top_p, seed=seed)
 
     # ---- request checks shared by both endpoints
@@ -194,17 +209,44 @@ class Server:
                 self.cfg.sampling.top_p if req.top_p is None else req.top_p)
 
     async def chat(self, req: api.ChatRequest) -> dict:
-        prompt = G.think_prompt(self.backend.tok, [m.as_template_message() for m in req.messages])
+        messages = [m.as_template_message() for m in req.messages]
+        prompt = G.think_prompt(self.backend.tok, messages)
         asked = req.max_completion_tokens or req.max_tokens
         max_tokens, temperature, top_p = self._common(req, prompt, asked)
+        level = req.reasoning_effort or self.cfg.default_effort
+        if level == "auto":
+            if not self.cascade:
+                raise ApiError(400, "reasoning_effort auto: this server has no cascade; start serve with "
+                                    "results=<eval results.json> cascade=<name>")
+            return await self.auto(messages, max_tokens, temperature, top_p, req.seed)
         if req.reasoning_effort and not self.efforts:
             raise ApiError(400, f"reasoning_effort: model {self.name!r} has no calibration "
                                 f"({effort.FILE}); start serve with results=<eval results.json>")
-        level = req.reasoning_effort or self.cfg.default_effort
         budget = self.efforts[level] if self.efforts else self.cfg.sampling.max_thinking
         # max_tokens counts thinking and answer (as OpenAI and vLLM count reasoning tokens)
-        key = ("chat", min(budget, max_tokens), temperature, top_p, req.seed, ())
+        key = ("chat", min(budget, max_tokens), temperature, top_p, req.seed, (), 0)
         return await self.submit(key, prompt, max_tokens) | {"prompt_tokens": len(prompt)}
+
+    async def auto(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
+                   seed: int | None) -> dict:
+        """The cascade: each stage's k samples batched as k jobs; the first stage the rule lets answer gives
+        its majority sample. Every stage's tokens are counted in the usage (every stage was paid for)."""
+        stages, spent, reasoning = self.cascade["stages"], 0, 0
+        for i, st in enumerate(stages):
+            prompt = G.think_prompt(self.backends[st["backend"]].tok, messages)
+            key = ("chat", min(st["budget"], max_tokens), temperature, top_p, seed, (), st["backend"])
+            outs = await asyncio.gather(*(self.submit(key, prompt, max_tokens) for _ in range(st["k"])))
+            spent += sum(o["completion_tokens"] for o in outs)
+            reasoning += sum(o["reasoning_tokens"] for o in outs)
+            answers = [verify.extract(o["answer"]) for o in outs]
+            last = i == len(stages) - 1
+            if last or not cascade.escalates(answers, [o["reasoning_tokens"] for o in outs],
+                                             [o["cut"] for o in outs], st["budget"], **self.cascade["thresholds"][i]):
+                pick = outs[cascade.majority(answers)[0]]
+                return pick | {"prompt_tokens": len(prompt), "completion_tokens": spent, "reasoning_tokens": reasoning,
+                               "cascade": {"stage": i, "model": st["model"], "budget": st["budget"], "k": st["k"],
+                                           "stages": len(stages), "name": self.cfg.cascade}}
+        raise AssertionError("unreachable: the last stage always answers")
 
     async def complete(self, req: api.CompletionRequest) -> dict:
         tok = self.backend.tok
@@ -214,7 +256,7 @@ class Server:
             raise ApiError(400, f"prompt: empty, or a token id outside the vocabulary 0..{len(tok) - 1}")
         max_tokens, temperature, top_p = self._common(req, prompt, req.max_tokens)
         stop = tuple(dict.fromkeys([tok.eos_token_id, *(req.stop_token_ids or [])]))
-        r = await self.submit(("raw", 0, temperature, top_p, req.seed, stop), prompt, max_tokens)
+        r = await self.submit(("raw", 0, temperature, top_p, req.seed, stop, 0), prompt, max_tokens)
         ids = r["ids"]
         hit = ids[-1] if r["stopped"] else None  # the stop id that ended it (vLLM's stop_reason)
         shown = ids if req.include_stop_str_in_output or not r["stopped"] else ids[:-1]
@@ -308,7 +350,41 @@ def load_server(cfg: ServeConfig) -> Server:
     G.set_threads(cfg.engine.threads)
     backend = open_backend(cfg.engine, cfg.model, runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=Fallbacks())
     G.stop_tokens(backend.tok)  # a model without a single </think> token is refused now, not per request
-    return Server(cfg, backend, efforts, key)
+    return Server(cfg, backend, efforts, key, _cascade(cfg, backend) if cfg.cascade else None)
+
+
+def _cascade(cfg: ServeConfig, backend) -> dict:
+    """The cascade named `cfg.cascade` in eval's results.json, its stages' models opened: the served model's
+    own backend where a stage is that model, a server through backend openai where `endpoints` names one,
+    else the eval's path through this server's backend."""
+    res = json.loads(Path(cfg.results).read_text())
+    found = [c for c in (res.get("cascades") or {}).get("cascades", []) if c["name"] == cfg.cascade]
+    if not found:
+        have = [c["name"] for c in (res.get("cascades") or {}).get("cascades", [])]
+        raise UserError(f"serve: {cfg.results} has no cascade {cfg.cascade!r} (has: {', '.join(have) or 'none'}; "
+                        "eval's `cascades:` makes them)")
+    paths = {m["name"]: m["path"] for m in res["models"]}
+    unknown = sorted(set(cfg.endpoints) - set(paths))
+    if unknown:
+        raise UserError(f"serve: endpoints names {', '.join(unknown)}, not models of {cfg.results} "
+                        f"({', '.join(paths)})")
+    opened: dict[str, int] = {}
+    backends, stages = [], []
+    for st in found[0]["stages"]:
+        name = st["model"]
+        if name not in opened:
+            if name not in cfg.endpoints and Path(paths[name]).resolve() == Path(cfg.model).resolve():
+                opened[name] = 0
+            else:
+                kind, extra = ("openai", {"base_urls": [cfg.endpoints[name]], "model": name}) \
+                    if name in cfg.endpoints else ("", None)
+                b = open_backend(cfg.engine, paths[name], runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=Fallbacks(),
+                                 kind=kind, extra=extra)
+                G.stop_tokens(b.tok)
+                backends.append(b)
+                opened[name] = len(backends)
+        stages.append(st | {"backend": opened[name]})
+    return {"stages": stages, "thresholds": found[0]["thresholds"] + [{}], "backends": backends}
 
 
 def run(cfg: ServeConfig) -> Path:
@@ -331,11 +407,14 @@ def run(cfg: ServeConfig) -> Path:
         log.warning("serve: listening on %s without an API key (api_key_env=)", cfg.host)
     efforts = ", ".join(f"{k}={v}" for k, v in server.efforts.items()) if server.efforts else \
         f"none calibrated, thinking <= {cfg.sampling.max_thinking}"
+    if server.cascade:
+        efforts += ", auto=" + " -> ".join(f"{s['model']}@{s['budget']}" for s in server.cascade["stages"])
     print(f"serve: {server.name} on http://{cfg.host}:{port}/v1 (backend {cfg.engine.backend}; reasoning_effort: "
           f"{efforts}; API key {'required' if server.api_key else 'off'})", flush=True)
     log_level = os.environ.get("DISTILL_LOG", "INFO").lower()
     config = uvicorn.Config(build_app(server), log_level="warning" if log_level == "info" else log_level,
                             access_log=False, timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
-    server.backend.close()
+    for b in server.backends:
+        b.close()
     return Path(cfg.model)
