@@ -51,7 +51,8 @@ def main() -> int:
         print("|---|---|---|---|---|---|")
         for c in out["cascades"]:
             print(f"| {c['name']} | {c['thresholds']} | {c['test']['accuracy']:.3f} | {c['accuracy_gap']:+.3f} | "
-                  f"{c['relative_cost']:.2f} | {' / '.join(f'{a:.2f}' for a in c['test']['answered'])} |")
+                  f"{'-' if c['relative_cost'] is None else format(c['relative_cost'], '.2f')} | "
+                  f"{' / '.join(f'{a:.2f}' for a in c['test']['answered'])} |")
     return 0
 
 
