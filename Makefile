@@ -4,9 +4,9 @@ DISTILL := $(VENV)/bin/distill
 CONFIG  ?= eval/demo.yaml
 ARGS    ?=
 STUDENTS := students/demo-s.yaml students/demo-l.yaml
-STAGES  := problems tokenizer init traces filter decontaminate sft plan eval report quantize
+STAGES  := problems tokenizer init traces filter decontaminate sft verifier plan eval report quantize
 
-.PHONY: install install-vllm install-local demo demo-quantized ablation-filter ablation-gkd ablation-opd ablation-select gpu-check docs test bench clean grade $(STAGES)
+.PHONY: install install-vllm install-local demo demo-quantized ablation-filter ablation-gkd ablation-opd ablation-select ablation-verifier gpu-check docs test bench clean grade $(STAGES)
 
 install:
 	python3 -m venv $(VENV)
@@ -178,6 +178,21 @@ ablation-select:
 		problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, {name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
+# Ablation: a verifier. An outcome reward model (the demo's teacher with a scalar head, TRL's RewardTrainer) trained on
+# the teacher's own samples as filter graded them, then every demo model sampled VERIFY_N times per problem at the
+# largest budget: best-of-k by the verifier against maj@k and pass@k, runs/$(RUN)/report.md, section 7e. After `make demo`.
+VERIFY_N ?= 4
+VERIFY   = runs_dir=runs/$(RUN) run=ablation-verifier seed=$(SEED) traces=runs/$(RUN)/traces/teacher/traces.jsonl \
+	problems=runs/$(RUN)/problems/train.jsonl
+ablation-verifier:
+	rm -rf runs/$(RUN)/ablation-verifier
+	$(DISTILL) filter --config teachers/demo.yaml $(VERIFY)
+	$(DISTILL) verifier $(VERIFY) model=runs/$(RUN)/sft/teacher/model threads=2
+	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-verifier seed=$(SEED) $(GEN_ARGS) \
+		problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' budgets='[256]' n=$(VERIFY_N) \
+		verifier=runs/$(RUN)/ablation-verifier/verifier/verifier/model models='[{name: teacher, role: teacher, path: runs/$(RUN)/sft/teacher/model}, {name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, {name: student-l, role: student, path: runs/$(RUN)/sft/student-l/model}]'
+	$(DISTILL) report --config eval/demo.yaml $(R)
+
 # Before a long run on a new GPU box: what each recipe feature becomes here, then the 1.5B and 7B recipes trained a few
 # steps with random weights (tokens/s, MFU, measured peak memory against the plan) and batched generation tokens/s.
 # Nothing is downloaded. ARGS="steps=5 recipes=[students/qwen2.5-1.5b.yaml]" narrows it; runs/gpu-check/report.md.
@@ -189,7 +204,7 @@ docs:
 	$(VENV)/bin/python -c 'from distill import cli; print(cli.reference(), end="")' > docs/config.md
 
 test:
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 bench:
 	$(VENV)/bin/python bench/sft_throughput.py

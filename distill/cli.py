@@ -28,6 +28,7 @@ STAGES = {
     "decontaminate": ("distill.stages.decontaminate", "DecontaminateConfig"),
     "filter": ("distill.stages.filter", "FilterConfig"),
     "sft": ("distill.stages.sft", "SftConfig"),
+    "verifier": ("distill.stages.verifier", "VerifierConfig"),
     "plan": ("distill.stages.plan", "PlanConfig"),
     "eval": ("distill.stages.eval", "EvalConfig"),
     "report": ("distill.stages.report", "ReportConfig"),

@@ -1,5 +1,5 @@
-"""Test-time scaling metrics, pure functions: the parallel axis (pass@k, maj@k over n samples per problem)
-and s1's control and scaling for the serial axis (budget forcing)."""
+"""Test-time scaling metrics, pure functions: the parallel axis (pass@k, maj@k and a verifier's best-of-k over
+n samples per problem) and s1's control and scaling for the serial axis (budget forcing)."""
 
 from __future__ import annotations
 
@@ -40,29 +40,43 @@ def majority_correct(samples: list[tuple[str | None, bool]]) -> bool:
 def maj_at_k(samples: list[tuple[str | None, bool]], k: int, rng: random.Random, draws: int = 16) -> float:
     """maj@k for one problem: majority-vote accuracy over k of its n samples, averaged over every subset
     when there are few, else over `draws` random subsets (so maj@k does not depend on sample order)."""
-    n = len(samples)
-    if k >= n:
+    if k >= len(samples):
         return float(majority_correct(samples))
+    return statistics.mean(majority_correct([samples[i] for i in s])
+                           for s in _subsets(len(samples), k, rng, draws))
+
+
+def _subsets(n: int, k: int, rng: random.Random, draws: int) -> list[list[int]]:
+    """Every k-subset of n samples when there are few, else `draws` random ones."""
     if comb(n, k) <= draws:
         from itertools import combinations
 
-        subsets = [list(c) for c in combinations(range(n), k)]
-    else:
-        subsets = [rng.sample(range(n), k) for _ in range(draws)]
-    return statistics.mean(majority_correct([samples[i] for i in s]) for s in subsets)
+        return [list(c) for c in combinations(range(n), k)]
+    return [rng.sample(range(n), k) for _ in range(draws)]
+
+
+def best_of_k(samples: list[tuple[float, bool]], k: int, rng: random.Random, draws: int = 16) -> float:
+    """Best-of-k for one problem: over k of its n (verifier score, correct) samples, whether the one the
+    verifier scores highest (the first of equal scores) is correct; averaged over subsets as maj_at_k is."""
+    return statistics.mean(samples[max(s, key=lambda i: (samples[i][0], -i))][1]
+                           for s in _subsets(len(samples), min(k, len(samples)), rng, draws))
 
 
 def parallel_axis(per_problem: list[list[tuple[str | None, bool]]], tokens_per_sample: float,
-                  seed: int = 0) -> list[dict]:
-    """pass@k and maj@k for k = 1, 2, 4, ... n, each with the generated tokens per problem it costs."""
+                  seed: int = 0, scores: list[list[float]] | None = None) -> list[dict]:
+    """pass@k and maj@k for k = 1, 2, 4, ... n, each with the generated tokens per problem it costs; with a
+    verifier's `scores` (per problem, per sample), best-of-k too."""
     rng = random.Random(seed)
     n = min(len(s) for s in per_problem)
     rows = []
     for k in ks(n):
-        rows.append({"k": k, "tokens_per_problem": k * tokens_per_sample,
-                     "pass_at_k": statistics.mean(pass_at_k(n, sum(ok for _, ok in s[:n]), k)
-                                                  for s in per_problem),
-                     "maj_at_k": statistics.mean(maj_at_k(s[:n], k, rng) for s in per_problem)})
+        row = {"k": k, "tokens_per_problem": k * tokens_per_sample,
+               "pass_at_k": statistics.mean(pass_at_k(n, sum(ok for _, ok in s[:n]), k) for s in per_problem),
+               "maj_at_k": statistics.mean(maj_at_k(s[:n], k, rng) for s in per_problem)}
+        if scores is not None:
+            row["best_of_k"] = statistics.mean(best_of_k([(sc, ok) for sc, (_, ok) in zip(v[:n], s[:n])], k, rng)
+                                               for s, v in zip(per_problem, scores))
+        rows.append(row)
     return rows
 
 

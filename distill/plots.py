@@ -136,6 +136,8 @@ def scaling_figure(models: list[dict]):
             xs = [r["tokens_per_problem"] for r in par]
             ax.plot(xs, [r["maj_at_k"] for r in par], marker="s", label="parallel: maj@k")
             ax.plot(xs, [r["pass_at_k"] for r in par], marker="^", linestyle="--", label="pass@k (oracle)")
+            if all("best_of_k" in r for r in par):
+                ax.plot(xs, [r["best_of_k"] for r in par], marker="D", label="parallel: best-of-k (verifier)")
         ax.set(title=_label(m), xlabel="generated tokens per problem", ylim=(0, 1.02))
         _plain_log_x(ax)
         ax.title.set_fontsize(8)

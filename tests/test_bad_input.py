@@ -106,6 +106,8 @@ CASES = [
                                "cascades=[{name: c, stages: [{model: s, budget: 16}], rule: vote}]"],
       "cascades[0].rule: Input should be 'agreement', 'thinking' or 'both'"),
     C("cascade-auto", "serve", ["model=x", "cascade=c"], "cascade needs results="),
+    C("verifier-no-model", "verifier", [], "model is required"),
+    C("verifier-no-verdicts", "verifier", ["model=x", "verdicts=nowhere.jsonl"], "nowhere.jsonl not found"),
     C("model-bad-backend", "eval", ["models=[{name: s, role: student, path: p, backend: foo}]"],
       "models[0].backend: Input should be"),
     C("model-names-repeat", "eval",

@@ -53,6 +53,10 @@ def test_filter_drops_each_reason(built, tmp_path):
     assert stats["kept"] == 1
     assert stats["dropped"] == {"truncated": 1, "wrong": 1, "overlong": 1, "duplicate": 1, "surplus": 0}
     assert stats["kept_anyway"] == {} and stats["correct_rate"] == 0.6
+    # every sample's verdict, for `distill verifier`: correct by the checker, and why it was dropped
+    verdicts = read_jsonl(out / "verdicts.jsonl")
+    assert [(v["correct"], v["reason"]) for v in verdicts] == [
+        (True, None), (True, None), (False, "wrong"), (False, "truncated"), (True, "overlong")]
     # drop=[]: every trace as written (the demo's unfiltered ablation), what a check would have dropped counted
     out = filt.run(filt.FilterConfig(run="t", runs_dir=str(tmp_path / "r"), name="all", traces=str(path),
                                      problems=str(built / "t" / "problems" / "train.jsonl"),

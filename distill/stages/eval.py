@@ -14,6 +14,8 @@ batched at `batch_size`), peak memory, parameter count, FLOPs per problem (2 x p
 per correct answer (measured seconds x `price_per_hour`).
 A model with `draft: <path>` (transformers) is sampled with that draft (speculative decoding); its cost then
 has `speculative`: acceptance rate and speed-up against the same model alone (see `_speculative`).
+With `verifier:` (a `distill verifier` model) every sample at the largest budget is scored, and the parallel
+axis has best-of-k (the sample it scores highest) beside maj@k and pass@k.
 Cascades (`cascades:`, distill/cascade.py) are replayed over the samples once every model is evaluated: their
 thresholds picked on a calibration split of the problems, their accuracy and cost reported on the rest.
 Output: runs/<run>/eval/{results.json, results.csv, samples.jsonl, accuracy_vs_thinking.png,
@@ -36,7 +38,7 @@ from pydantic import ConfigDict
 from typing_extensions import NotRequired, TypedDict
 
 from distill import generate as G
-from distill import cascade, metrics, verify
+from distill import cascade, metrics, reward, verify
 from distill.artifacts import (
     Fallbacks,
     UserError,
@@ -102,6 +104,8 @@ class EvalConfig:
     cascades: list[CascadeSpec] = opt(
         list, "[{name, stages: [{model, budget[, k]}, ...][, rule: agreement|thinking|both]}]: replayed over "
               "the samples, thresholds picked on a calibration split (distill/cascade.py)")
+    verifier: str = opt("", "a `distill verifier` model: scores every sample at the largest budget for "
+                            "best-of-k beside maj@k and pass@k")
     calibration_share: Share = opt(0.5, "cascades: the share of the problems their thresholds are picked on")
     cascade_tolerance: Share = opt(0.01, "cascades: the accuracy a cascade may give up against the best "
                                          "single model (on the calibration split)")
@@ -218,8 +222,10 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
                         "flops_per_correct": flops / correct if correct else None})
     top = [r for r in rows if r["budget"] == cfg.budgets[-1]]
     per_problem: dict[str, list] = {}
+    scores: dict[str, list] = {}
     for r in top:
         per_problem.setdefault(r["problem_id"], []).append((r["extracted"], r["correct"]))
+        scores.setdefault(r["problem_id"], []).append(r.get("verifier_score"))
     lat = sorted(r["latency_s"] for r in top)
     by_task = {}
     for r in top:
@@ -228,7 +234,7 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
             "budgets": budgets,
             # the parallel axis at the largest budget: k samples per problem cost k x the tokens of one
             "parallel": metrics.parallel_axis(list(per_problem.values()), budgets[-1]["tokens_per_sample"],
-                                              cfg.sampling.seed),
+                                              cfg.sampling.seed, list(scores.values()) if cfg.verifier else None),
             "s1": {"control": statistics.mean(r["thinking_tokens"] >= min(cfg.sampling.min_thinking, r["budget"])
                                               for r in rows),
                    "scaling": metrics.s1_scaling([(b["mean_thinking_tokens"], b["accuracy"]) for b in budgets]),
@@ -251,7 +257,18 @@ def _summarise(cfg, spec, rows, params, gen_seconds, gen_tokens, peak_mb) -> dic
                      "price_per_hour": cfg.price_per_hour}}
 
 
-def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks):
+def _verifier_scores(cfg: EvalConfig, verifier, problems: list[dict], thinking: list, rows: list[dict], tok):
+    """The verifier's score of every sample at the largest budget (distill/reward.py: the same text it was
+    trained on), into its row. _score wrote a row per (sample, budget), budgets innermost."""
+    model, rm_tok = verifier
+    top = [(i, rows[i * len(cfg.budgets) + len(cfg.budgets) - 1]) for i in range(len(thinking))]
+    texts = [reward.text(rm_tok, (p := problems[i // cfg.sampling.n]).get("prompt") or p["problem"],
+                         G.decode(tok, thinking[i][:cfg.budgets[-1]]), r["answer"]) for i, r in top]
+    for (_, r), s in zip(top, reward.score(model, rm_tok, texts), strict=True):
+        r["verifier_score"] = s
+
+
+def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fallbacks, verifier=None):
     kind = spec.get("backend", cfg.engine.backend)
     with PeakMemory() as mem:  # this process only: vLLM's engine and a remote server are not counted
         backend = open_backend(cfg.engine, spec["path"], runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=fallbacks,
@@ -267,6 +284,8 @@ def _eval_model(cfg: EvalConfig, spec: dict, problems: list[dict], fallbacks: Fa
         gen_seconds = time.perf_counter() - started
     gen_tokens = generated_tokens(results, forced)
     rows = _score(cfg, spec["name"], problems, prompts, results, thinking, natural, forced, backend.tok)
+    if verifier is not None:
+        _verifier_scores(cfg, verifier, problems, thinking, rows, backend.tok)
     summary = _summarise(cfg, spec, rows, backend.params or 0, gen_seconds, gen_tokens, mem.mb)
     summary["backend"] = backend.info
     origin = Path(spec["path"]) / "quantized_from.json"  # a `distill quantize` output: the report compares it
@@ -342,8 +361,9 @@ def run(cfg: EvalConfig) -> Path:
         G.check_tokenizer(spec["path"])  # every model's tokenizer before any model's weights
     G.set_threads(cfg.engine.threads)
     fallbacks, models, samples = Fallbacks(), [], []
+    verifier = reward.load(cfg.verifier) if cfg.verifier else None
     for spec in tqdm(cfg.models, desc="models", unit="model"):
-        summary, rows = _eval_model(cfg, spec, problems, fallbacks)
+        summary, rows = _eval_model(cfg, spec, problems, fallbacks, verifier)
         models.append(summary)
         samples += rows
         top = summary["budgets"][-1]
@@ -371,6 +391,7 @@ def run(cfg: EvalConfig) -> Path:
         if cfg.cascades:
             plots.cascades(results["cascades"], tmp / "cascades.png")
         inputs = {"problems": src} | {m["name"]: Path(m["path"]) for m in cfg.models if Path(m["path"]).is_dir()}
+        inputs |= {"verifier": Path(cfg.verifier)} if cfg.verifier else {}
         finish(tmp, "eval", cfg, inputs, {"problems": len(problems), "samples": len(samples)}, started,
                fallbacks=fallbacks.items)
     print(f"eval: {len(cfg.models)} models x {len(problems)} problems x {cfg.sampling.n} samples x "

@@ -9,7 +9,9 @@ other problem, e.g. a benchmark's, is graded like `eval` grades it: math-verify 
 problem), surplus (more than `keep_per_problem`); then, with `keep_rows`, keeps that many rows chosen
 `keep_by` (random; pass_rate: the problems the teacher solved least often first, hard but solved, as s1 and
 open-r1 select; thinking_length: the longest thinking first). The teacher's pass rate per problem over its
-samples goes to pass_rates.jsonl, its summary and the problems it never solved to stats.json. Writes
+samples goes to pass_rates.jsonl, its summary and the problems it never solved to stats.json; every
+sample's verdict (correct by the checker, and why it was dropped) to verdicts.jsonl (`distill verifier`
+learns from them). Writes
 train.jsonl as chat
 `messages` (the assistant turn is "<think>\\n…\\n</think>\\n" + answer, loadable with `datasets` and
 trainable by TRL as it is) and stats.json. Output: runs/<run>/filter/<name>/.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill import tasks, verify
+from distill.reward import assistant_text
 from distill.artifacts import (
     UserError,
     atomic_write_json,
@@ -73,10 +76,6 @@ class FilterConfig:
         check_positive("max_thinking_tokens", self.max_thinking_tokens)
         check_positive("grade_processes", self.grade_processes)
         check_positive("grade_timeout", self.grade_timeout)
-
-
-def assistant_text(thinking: str, answer: str) -> str:
-    return f"<think>\n{thinking}\n</think>\n{answer}"
 
 
 def _truncated(r: dict) -> bool:
@@ -238,6 +237,10 @@ def run(cfg: FilterConfig) -> Path:
         atomic_write_json(tmp / "stats.json", stats)
         write_jsonl(tmp / "pass_rates.jsonl", [{"problem_id": pid, "correct": c, "samples": n,
                                                 "pass_rate": c / n} for pid, (c, n) in rates.items()])
+        write_jsonl(tmp / "verdicts.jsonl", [
+            {"problem_id": r["problem_id"], "sample": r["sample"], "correct": bool(ok),
+             "reason": "contaminated" if r["problem_id"] in contaminated else _verdict(cfg, r, ok)}
+            for r, ok in zip(traces, correct, strict=True)])
         if cfg.decontaminate_against:
             write_jsonl(tmp / "overlaps.jsonl", overlaps)
         finish(tmp, "filter", cfg, {"traces": tr_path, "problems": pr_path},

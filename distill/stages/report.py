@@ -196,23 +196,46 @@ def _speculative_lines(models: list[dict]) -> list[str]:
                      "identical at T=0"], rows), ""]
 
 
-def _scaling_section(models: list[dict], budgets: list[int]) -> list[str]:
-    """Thinking longer (budget forcing) against sampling more (maj@k / pass@k at the largest budget)."""
+def _scaling_section(models: list[dict], budgets: list[int], folder: str = "eval") -> list[str]:
+    """Thinking longer (budget forcing) against sampling more (maj@k / pass@k at the largest budget; with a
+    verifier, best-of-k and what it adds over maj@k at the largest k)."""
     if not any(m.get("parallel") for m in models):
         return []
     ks = [r["k"] for r in models[0]["parallel"]]
-    par = [[m["name"]] + [f"{r['maj_at_k']:.3f} / {r['pass_at_k']:.3f} ({r['tokens_per_problem']:,.0f})"
+    bo = all("best_of_k" in r for m in models for r in m["parallel"])
+    par = [[m["name"]] + [f"{r['maj_at_k']:.3f} / {r['pass_at_k']:.3f}"
+                          + (f" / {r['best_of_k']:.3f}" if bo else "") + f" ({r['tokens_per_problem']:,.0f})"
                           for r in m["parallel"]] for m in models]
+    gains = [f"- {m['name']}: best-of-{r['k']} {r['best_of_k']:.3f} vs maj@{r['k']} {r['maj_at_k']:.3f} "
+             f"({r['best_of_k'] - r['maj_at_k']:+.3f}: {'beats' if r['best_of_k'] > r['maj_at_k'] else 'does not beat'} "
+             f"it)" for m in models if bo for r in m["parallel"][-1:]]
     s1 = [[m["name"], f"{m['s1']['control']:.2f}",
            "-" if m["s1"]["scaling"] is None else f"{m['s1']['scaling']:+.3f}", f"{m['s1']['performance']:.3f}"]
           for m in models]
-    return [f"Sampling more at B={budgets[-1]}: maj@k / pass@k (generated tokens per problem):", "",
-            *_table(["model"] + [f"k={k}" for k in ks], par), "",
+    return [f"Sampling more at B={budgets[-1]}: maj@k / pass@k{' / best-of-k by the verifier' if bo else ''} "
+            "(generated tokens per problem):", "",
+            *_table(["model"] + [f"k={k}" for k in ks], par), "", *gains, *([""] if gains else []),
             "s1's metrics for budget forcing: control (share of samples whose thinking stayed within the "
             "forced bounds), scaling (mean slope of accuracy per 1,000 thinking tokens over budget pairs), "
             "performance (best accuracy):", "",
             *_table(["model", "s1 control", "scaling", "performance"], s1), "",
-            "![thinking longer vs sampling more](eval/scaling_axes.png)", ""]
+            f"![thinking longer vs sampling more]({folder}/scaling_axes.png)", ""]
+
+
+def _verifier_section(root: Path) -> list[str]:
+    """`make ablation-verifier`: the demo's models sampled n times, best-of-k by a verifier trained on the
+    teacher's verdicts against maj@k."""
+    res = _load(root / "ablation-verifier" / "eval" / "results.json")
+    if res is None:
+        return []
+    v = (_load(root / "ablation-verifier" / "verifier" / "verifier" / "manifest.json") or {}).get("counts", {})
+    held = v.get("held_out_ordered")
+    return ["## 7e. Ablation: best-of-k by a verifier trained on the teacher's verdicts, against maj@k",
+            f"The verifier (the teacher's body with a scalar head, TRL's RewardTrainer on {v.get('pairs')} pairs of a "
+            f"correct and a wrong teacher sample; {v.get('wrong')} of {v.get('samples')} samples wrong) orders "
+            f"{'-' if held is None else f'{held:.3f}'} of {v.get('held_out_pairs')} held-out pairs right. Every "
+            f"model sampled {res['n']} times per problem on the same {res['n_problems']} held-out problems.", "",
+            *_scaling_section(res["models"], res["budgets"], "ablation-verifier/eval")]
 
 
 # runs/<run>/<folder>/ of each training ablation (Makefile targets ablation-gkd, -opd, -select): its section's
@@ -395,7 +418,8 @@ def run(cfg: ReportConfig) -> Path:
     lines += ["## Summary", *_table(["target", "met", "measured"],
                                     [[t, "yes" if ok else "**no**", v] for t, ok, v in results]), ""]
     lines += (_data_sections(root) + _eval_sections(res) + _filter_ablation_section(root, res)
-              + [x for a in ABLATIONS for x in _ablation_section(root, *a)] + _quantized_section(root))
+              + [x for a in ABLATIONS for x in _ablation_section(root, *a)] + _verifier_section(root)
+              + _quantized_section(root))
     atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
     out = stage_dir(cfg.runs_dir, cfg.run, "report")
     finish(out, "report", cfg, {"results": root / "eval" / "results.json"},
