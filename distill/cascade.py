@@ -40,14 +40,18 @@ def majority(answers: list) -> tuple[int, float]:
     return answers.index(top), count / len(answers)
 
 
+def longest(thinking: list[int], cut: list[bool], budget: int) -> int:
+    """The longest thinking of a stage's samples, a thinking the budget cut counted as budget + 1."""
+    return max(budget + 1 if c else t for t, c in zip(thinking, cut))
+
+
 def escalates(answers: list, thinking: list[int], cut: list[bool], budget: int, min_agreement: float = 0.0,
               max_thinking: int | None = None) -> bool:
     """The rule: the k samples of one stage (their extracted answers, thinking lengths, whether the budget
     cut each thinking) send the problem on to the next stage."""
     if majority(answers)[1] < min_agreement:
         return True
-    longest = max(budget + 1 if c else t for t, c in zip(thinking, cut))
-    return max_thinking is not None and longest > max_thinking
+    return max_thinking is not None and longest(thinking, cut, budget) > max_thinking
 
 
 def index(samples: list[dict]) -> dict[tuple, list[dict]]:
@@ -107,8 +111,8 @@ def _candidates(by_key: dict, problems: list[str], st: Stage, rule: str) -> list
     """Every threshold setting worth trying for one stage: agreement levels its k samples can take, and the
     thinking lengths it produced on the calibration problems (deciles, the budget, never)."""
     agree = [0.0] + [j / st.k for j in range(2, st.k + 1)] if rule in ("agreement", "both") else [0.0]
-    lengths = sorted(max(st.budget + 1 if not r["within_budget"] else r["thinking_tokens"]
-                         for r in by_key[(st.model, st.budget, p)][:st.k]) for p in problems)
+    lengths = sorted(longest([r["thinking_tokens"] for r in rows], [not r["within_budget"] for r in rows], st.budget)
+                     for rows in (by_key[(st.model, st.budget, p)][:st.k] for p in problems))
     think: list[int | None] = [None]
     if rule in ("thinking", "both"):
         think += sorted({min(lengths[int(q * (len(lengths) - 1) / 10)], st.budget) for q in range(10)}
@@ -127,27 +131,22 @@ def _pareto(points: list[tuple[dict, list]]) -> list[tuple[dict, list]]:
     return out
 
 
-def evaluate(spec: dict, results: dict, samples: list[dict], share: float = 0.5,
-             tolerance: float = 0.01) -> dict:
-    """One cascade of eval's `cascades:` over its own results and samples: thresholds calibrated on a split
-    of the problems, the cascade and the best single model at the largest budget on the rest, and the
-    cascade's frontier (its calibration Pareto settings, measured on the test split)."""
+def _best_single(by_key: dict, problems: list[str], results: dict, spt: dict, price: float) -> dict:
+    """The most accurate model alone at the largest budget over `problems` (ties: the cheaper)."""
+    top = results["budgets"][-1]
+    runs = {m["name"]: replay(by_key, problems, [Stage(m["name"], top)], [{}], spt, price)
+            for m in results["models"]}
+    name = max(runs, key=lambda n: (runs[n]["accuracy"], -(runs[n]["cost_per_correct"] or float("inf"))))
+    return {"model": name, "budget": top} | runs[name]
+
+
+def _evaluate(spec: dict, by_key: dict, cal: list[str], test: list[str], ref: dict, single: dict, spt: dict,
+              price: float, tolerance: float) -> dict:
+    """One cascade of eval's `cascades:`: thresholds calibrated on `cal` against the best single model there
+    (`ref`), the cascade on `test` against the best single model there (`single`), and its frontier (its
+    calibration Pareto settings, measured on the test split)."""
     stages = [Stage(s["model"], int(s["budget"]), int(s.get("k", 1))) for s in spec["stages"]]
     rule = spec.get("rule", "both")
-    by_key, (spt, price) = index(samples), costs(results)
-    cal, test = split(samples, share)
-    if not cal or not test:
-        raise ValueError(f"cascade {spec['name']}: {len(cal)} calibration and {len(test)} test problems; "
-                         "both need some (calibration_share)")
-    top = results["budgets"][-1]
-
-    def best_single(problems):
-        runs = {m["name"]: replay(by_key, problems, [Stage(m["name"], top)], [{}], spt, price)
-                for m in results["models"]}
-        name = max(runs, key=lambda n: (runs[n]["accuracy"], -(runs[n]["cost_per_correct"] or float("inf"))))
-        return {"model": name, "budget": top} | runs[name]
-
-    ref = best_single(cal)
     settings = [list(c) + [{}] for c in itertools.product(
         *(_candidates(by_key, cal, st, rule) for st in stages[:-1]))]
     tried = [(replay(by_key, cal, stages, t, spt, price), t) for t in settings]
@@ -155,7 +154,6 @@ def evaluate(spec: dict, results: dict, samples: list[dict], share: float = 0.5,
     chosen = (min(within, key=lambda p: p[0]["cost_per_correct"] or float("inf")) if within else
               max(tried, key=lambda p: (p[0]["accuracy"], -(p[0]["cost_per_correct"] or float("inf")))))
     on_test = replay(by_key, test, stages, chosen[1], spt, price)
-    single = best_single(test)
     rel = (on_test["cost_per_correct"] / single["cost_per_correct"]
            if on_test["cost_per_correct"] and single["cost_per_correct"] else None)
     return {"name": spec["name"], "rule": rule, "stages": [vars(s) for s in stages],
@@ -169,15 +167,21 @@ def evaluate(spec: dict, results: dict, samples: list[dict], share: float = 0.5,
 
 def evaluate_all(specs: list[dict], results: dict, samples: list[dict], share: float = 0.5,
                  tolerance: float = 0.01) -> dict:
-    """results.json's `cascades`: every cascade, and every model alone at every budget on the same test
-    split (the frontier's other points)."""
+    """results.json's `cascades`: every cascade (thresholds calibrated on a split of the problems, reported
+    on the rest), and every model alone at every budget on the same test split (the frontier's other
+    points)."""
     by_key, (spt, price) = index(samples), costs(results)
-    test = split(samples, share)[1]
+    cal, test = split(samples, share)
+    if specs and (not cal or not test):
+        raise ValueError(f"cascades: {len(cal)} calibration and {len(test)} test problems; both need some "
+                         "(calibration_share)")
     singles = [{"model": m["name"], "budget": b} | replay(by_key, test, [Stage(m["name"], b)], [{}], spt, price)
                for m in results["models"] for b in results["budgets"]] if test else []
     best = max((s["accuracy"] for s in singles), default=0.0)
     # the honest comparator: a cascade pays only if it is cheaper than this one model at one budget
     cheapest = min((s for s in singles if s["accuracy"] >= best - tolerance - 1e-9 and s["cost_per_correct"]),
                    key=lambda s: s["cost_per_correct"], default=None)
+    if specs:
+        ref, single = _best_single(by_key, cal, results, spt, price), _best_single(by_key, test, results, spt, price)
     return {"calibration_share": share, "tolerance": tolerance, "singles": singles, "cheapest_single": cheapest,
-            "cascades": [evaluate(s, results, samples, share, tolerance) for s in specs]}
+            "cascades": [_evaluate(s, by_key, cal, test, ref, single, spt, price, tolerance) for s in specs]}

@@ -357,10 +357,11 @@ def _cascade(cfg: ServeConfig, backend) -> dict:
     """The cascade named `cfg.cascade` in eval's results.json, its stages' models opened: the served model's
     own backend where a stage is that model, a server through backend openai where `endpoints` names one,
     else the eval's path through this server's backend."""
-    res = json.loads(Path(cfg.results).read_text())
-    found = [c for c in (res.get("cascades") or {}).get("cascades", []) if c["name"] == cfg.cascade]
+    res = json.loads(Path(cfg.results).read_text())  # effort.calibrate read it first: it exists and parses
+    made = (res.get("cascades") or {}).get("cascades", [])
+    found = [c for c in made if c["name"] == cfg.cascade]
     if not found:
-        have = [c["name"] for c in (res.get("cascades") or {}).get("cascades", [])]
+        have = [c["name"] for c in made]
         raise UserError(f"serve: {cfg.results} has no cascade {cfg.cascade!r} (has: {', '.join(have) or 'none'}; "
                         "eval's `cascades:` makes them)")
     paths = {m["name"]: m["path"] for m in res["models"]}
