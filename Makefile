@@ -121,13 +121,17 @@ demo-quantized:
 # from the same init and data; both evaluated like the demo, shown in runs/$(RUN)/report.md. After `make demo`
 # (SEED=k: after `make demo SEED=k`, into runs/demo-seed<k>/ablation). GKD's max_steps = the SFT run's train_s / GKD's
 # s/step in a short timing run (a step's cost depends on its sampling).
+# STEPS=N trains each arm of ablation-gkd and ablation-select N steps instead of its recipe's (a quicker look; the
+# test of these pages uses it), as OPD_S does for ablation-opd.
+STEPS    ?=
+ARM      = $(if $(STEPS),trl.max_steps=$(STEPS))
 ABLATION = runs_dir=runs/$(RUN) run=ablation seed=$(SEED) model=runs/$(RUN)/init/student-l \
 	data=runs/$(RUN)/filter/teacher/train.jsonl
 GKD_ARGS ?= method=gkd teacher=runs/$(RUN)/sft/teacher/model trl.lmbda=0.5 trl.beta=0.5 trl.temperature=0.9 \
 	trl.max_new_tokens=240
 ablation-gkd:
 	rm -rf runs/$(RUN)/ablation
-	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-sft
+	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=student-l-sft $(ARM)
 	$(DISTILL) sft --config students/demo-l.yaml $(ABLATION) name=gkd-timing $(GKD_ARGS) trl.max_steps=40 save_steps=1000
 	steps=$$($(VENV)/bin/python -c 'import json; m = lambda n: json.load(open(f"runs/$(RUN)/ablation/sft/{n}/manifest.json")); \
 		s, t = m("student-l-sft"), m("gkd-timing"); print(round(s["timings"]["train_s"] * t["counts"]["steps"] / t["timings"]["train_s"]))') && \
@@ -173,7 +177,7 @@ ablation-select:
 		keep_rows=$$half keep_by=$$by || exit 1; done
 	for by in pass_rate random; do $(DISTILL) sft --config students/demo-s.yaml runs_dir=runs/$(RUN) run=ablation-select \
 		seed=$(SEED) model=runs/$(RUN)/init/student-s name=student-s-$$by \
-		data=runs/$(RUN)/ablation-select/filter/teacher-$$by/train.jsonl || exit 1; done
+		data=runs/$(RUN)/ablation-select/filter/teacher-$$by/train.jsonl $(ARM) || exit 1; done
 	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-select seed=$(SEED) $(GEN_ARGS) \
 		problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' models='[{name: student-s-pass_rate, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-pass_rate/model}, {name: student-s-random, role: student, path: runs/$(RUN)/ablation-select/sft/student-s-random/model}]'
 	$(DISTILL) report --config eval/demo.yaml $(R)

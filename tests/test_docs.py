@@ -1,7 +1,8 @@
 """Every command of README.md and docs/*.md runs as written (litgpt's test_readme), in the order a reader meets
 them, on a copy of the repository: each fenced bash block must exit 0. A block is left out only when the HTML
 comment right above it says `test: skip (<why>)`: it needs a GPU or the network, or it is the test suite
-itself. `test: background` starts a server: the test waits for its port, runs the page's next blocks against
+itself. `test: with VAR=value ... (<why>)` runs it as written with those variables in its environment (Make's
+`?=` knobs: the same targets, smaller). `test: background` starts a server: the test waits for its port, runs the page's next blocks against
 it, and stops it before the next server or at the end of the page. The embedded default throughout: `make demo`
 first, then what the pages do with its outputs."""
 
@@ -20,6 +21,7 @@ from .conftest import ROOT, SHARED
 
 PAGES = ["README.md", "docs/demo.md", "docs/teachers.md", "docs/gpus.md", "docs/eval.md", "docs/serving.md",
          "docs/guarantees.md", "docs/cpu.md", "docs/config.md"]
+WITH = r"with ((?:[A-Z_]+=\S+ )+)\("  # `with OPD_S=10 STEPS=100 (why)`
 BLOCK = re.compile(r"(?:<!-- test: (?P<mark>[^\n]*?) -->\n)?```bash\n(?P<code>.*?)```", re.S)
 
 
@@ -33,7 +35,7 @@ def test_every_block_is_run_or_says_why_not():
     assert len(marks) >= 20
     for mark in marks:  # a block is left out only for a GPU, the network, or being the test suite itself
         assert mark == "" or mark.startswith("background") or re.match(
-            r"skip \((gpu|network|this is the test suite)", mark), mark
+            r"skip \((gpu|network|this is the test suite)", mark) or re.match(WITH, mark), mark
     # every fenced block of the pages is a bash block (a command written any other way would escape the test)
     for page in PAGES:
         for lang in re.findall(r"^```(\w+)", (ROOT / page).read_text(), re.M):
@@ -100,7 +102,9 @@ def test_every_command_of_the_readme_and_docs_runs(tmp_path):
                                                   start_new_session=True)
                     _wait_for(_port(code), server, log)
                     continue
-                proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=repo, env=env,
+                knobs = re.match(WITH, mark)
+                knobs = dict(kv.split("=", 1) for kv in knobs.group(1).split()) if knobs else {}
+                proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=repo, env={**env, **knobs},
                                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=3600)
                 assert proc.returncode == 0, f"{page}, block {i}:\n{code}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
                 ran += 1
