@@ -1,7 +1,7 @@
 """Would a cascade pay on the demo? Replays eval's own samples of finished runs (distill/cascade.py, the code
 eval runs for its `cascades:`) for eval/demo.yaml's cascades and a few more: thresholds picked on half the
 held-out problems, each cascade's accuracy and measured cost per correct answer on the other half, against
-the best single model at the largest budget and the cheapest single model within 0.01 of it.
+the best single model (the most accurate model at one budget) and the cheapest single model within 0.01 of it.
 
     .venv/bin/python bench/cascades.py [runs/demo runs/demo-seed1 ...]   # after make demo (SEED=k)
 """

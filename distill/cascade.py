@@ -16,7 +16,7 @@ generated, so a cascade's stages are exactly what a live cascade would produce) 
 
 Thresholds are picked on a calibration split of the held-out problems (stratified by task and level) and
 reported on the rest: the cheapest setting whose calibration accuracy is within `tolerance` of the best
-single model at the largest budget, else the most accurate one.
+single model (the most accurate model at one budget, ties the cheaper), else the most accurate one.
 """
 
 from __future__ import annotations
@@ -132,12 +132,12 @@ def _pareto(points: list[tuple[dict, list]]) -> list[tuple[dict, list]]:
 
 
 def _best_single(by_key: dict, problems: list[str], results: dict, spt: dict, price: float) -> dict:
-    """The most accurate model alone at the largest budget over `problems` (ties: the cheaper)."""
-    top = results["budgets"][-1]
-    runs = {m["name"]: replay(by_key, problems, [Stage(m["name"], top)], [{}], spt, price)
-            for m in results["models"]}
-    name = max(runs, key=lambda n: (runs[n]["accuracy"], -(runs[n]["cost_per_correct"] or float("inf"))))
-    return {"model": name, "budget": top} | runs[name]
+    """The most accurate model alone at one budget over `problems`, any budget (ties: the cheaper): past a
+    model's plateau a larger budget adds cost, not accuracy, and must not flatter the cascades."""
+    runs = {(m["name"], b): replay(by_key, problems, [Stage(m["name"], b)], [{}], spt, price)
+            for m in results["models"] for b in results["budgets"]}
+    key = max(runs, key=lambda k: (runs[k]["accuracy"], -(runs[k]["cost_per_correct"] or float("inf"))))
+    return {"model": key[0], "budget": key[1]} | runs[key]
 
 
 def _evaluate(spec: dict, by_key: dict, cal: list[str], test: list[str], ref: dict, single: dict, spt: dict,

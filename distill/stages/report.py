@@ -138,17 +138,20 @@ def _effort_lines(models: list[dict]) -> list[str]:
         cells = []
         for b in cal["efforts"].values():
             cost = at[b]["cost_per_correct"]
-            cells.append(f"B={b} ({at[b]['accuracy']:.3f}, {'-' if cost is None else f'{cost:.2e}'})")
+            cells.append(f"B={b} ({at[b]['accuracy']:.3f}, {at[b]['mean_thinking_tokens']:.0f}, "
+                         f"{'-' if cost is None else f'{cost:.2e}'})")
         rows.append([m["name"], *cells])
+    shares = " / ".join(f"{s:.0%}" for s in effort.SHARES.values())
     return ["Reasoning effort as `distill serve` calibrates it from these curves (the smallest budget reaching "
-            "90% / 97% / 100% of the model's best accuracy): budget (accuracy, $ per correct). Levels that "
-            "share a budget mean the curve still rises at the largest budget evaluated:", "",
+            f"{shares} of the model's best accuracy): budget (accuracy, mean thinking tokens, $ per correct). Levels "
+            "that share a budget mean the curve rises too steeply between the budgets evaluated, or still at the "
+            "largest:", "",
             *_table(["model", "low", "medium", "high"], rows), ""]
 
 
 def _cascade_lines(cas: dict | None) -> list[str]:
-    """eval's cascades (distill/cascade.py): each against the best single model at the largest budget, on the
-    problems their thresholds were not picked on."""
+    """eval's cascades (distill/cascade.py): each against the best single model (the most accurate model at
+    one budget), on the problems their thresholds were not picked on."""
     if not cas or not cas["cascades"]:
         return []
     rows, verdicts = [], []
