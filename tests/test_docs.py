@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from distill import effort
+
 from .conftest import ROOT, SHARED
 
 PAGES = ["README.md", "docs/demo.md", "docs/teachers.md", "docs/gpus.md", "docs/eval.md", "docs/serving.md",
@@ -113,3 +115,6 @@ def test_every_command_of_the_readme_and_docs_runs(tmp_path):
     assert ran >= 15
     # what the README promises of the demo
     assert (repo / "runs" / "demo" / "report.md").is_file() and (repo / "runs" / "demo" / "eval" / "results.csv").is_file()
+    # the demo's budgets reach past student-l's plateau: its three reasoning efforts are three budgets
+    efforts = effort.calibrate(repo / "runs" / "demo" / "eval" / "results.json", "", "student-l")["efforts"]
+    assert len(set(efforts.values())) == 3, efforts

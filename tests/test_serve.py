@@ -32,7 +32,7 @@ from .conftest import ROOT, distill
 
 KEY = "test-key-5f2c"
 ENV_KEY = "DISTILL_TEST_SERVE_KEY"
-# low = 8 (0.50 >= 0.8 x 0.6), medium = 16 (0.56 >= 0.9 x 0.6), high = 32 (the best)
+# low = 8 (0.50 >= 0.75 x 0.6), medium = 16 (0.56 >= 0.9 x 0.6), high = 32 (the best)
 CURVE = [(4, 0.30), (8, 0.50), (16, 0.56), (32, 0.60)]
 EFFORTS = {"low": 8, "medium": 16, "high": 32}
 

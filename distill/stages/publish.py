@@ -232,7 +232,7 @@ def _model_card(cfg: PublishConfig, inp: dict, effort: dict, bench: tuple[str, s
         "![accuracy vs thinking budget](accuracy_vs_thinking.png)", "",
         "## Reasoning effort", "",
         "`reasoning_effort.json` maps an effort to a thinking budget, from the curve above: the smallest "
-        "budget reaching 80% (low), 90% (medium) and 100% (high) of the best accuracy.", "",
+        "budget reaching 75% (low), 90% (medium) and 100% (high) of the best accuracy.", "",
         *_table(["effort", "thinking budget", "accuracy"],
                 [[k, v, f"{by_b[v]:.3f}"] for k, v in effort.items()]), "",
         "## Serving cost", "",
