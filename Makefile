@@ -183,15 +183,20 @@ ablation-select:
 	$(DISTILL) report --config eval/demo.yaml $(R)
 
 # Ablation: a verifier. An outcome reward model (the demo's teacher with a scalar head, TRL's RewardTrainer) trained on
-# the teacher's own samples as filter graded them, then every demo model sampled VERIFY_N times per problem at the
-# largest budget: best-of-k by the verifier against maj@k and pass@k, runs/$(RUN)/report.md, section 7e. After `make demo`.
-VERIFY_N ?= 4
-VERIFY   = runs_dir=runs/$(RUN) run=ablation-verifier seed=$(SEED) traces=runs/$(RUN)/traces/teacher/traces.jsonl \
-	problems=runs/$(RUN)/problems/train.jsonl
+# VERIFY_ON's samples of the training problems as filter graded them (teacher: its traces of `make demo`; a student,
+# e.g. VERIFY_ON=student-s: sampled here like the teacher's traces, so the verifier sees that model's own mistakes),
+# then every demo model sampled VERIFY_N times per problem at B=256: best-of-k by the verifier against maj@k and
+# pass@k, runs/$(RUN)/report.md, section 7e. After `make demo`.
+VERIFY_N  ?= 4
+VERIFY_ON ?= teacher
+VERIFY    = runs_dir=runs/$(RUN) run=ablation-verifier seed=$(SEED) problems=runs/$(RUN)/problems/train.jsonl \
+	$(if $(filter teacher,$(VERIFY_ON)),traces=runs/$(RUN)/traces/teacher/traces.jsonl)
 ablation-verifier:
 	rm -rf runs/$(RUN)/ablation-verifier
-	$(DISTILL) filter --config teachers/demo.yaml $(VERIFY)
-	$(DISTILL) verifier $(VERIFY) model=runs/$(RUN)/sft/teacher/model threads=2
+	$(if $(filter teacher,$(VERIFY_ON)),,$(GEN) traces --config teachers/demo.yaml $(VERIFY) $(GEN_ARGS) \
+		name=$(VERIFY_ON) model=runs/$(RUN)/sft/$(VERIFY_ON)/model)
+	$(DISTILL) filter --config teachers/demo.yaml $(VERIFY) name=$(VERIFY_ON)
+	$(DISTILL) verifier $(VERIFY) source=$(VERIFY_ON) model=runs/$(RUN)/sft/teacher/model threads=2
 	$(GEN) eval --config eval/demo.yaml runs_dir=runs/$(RUN) run=ablation-verifier seed=$(SEED) $(GEN_ARGS) \
 		problems=runs/$(RUN)/problems/eval.jsonl cascades='[]' budgets='[256]' n=$(VERIFY_N) \
 		verifier=runs/$(RUN)/ablation-verifier/verifier/verifier/model models='[{name: teacher, role: teacher, path: runs/$(RUN)/sft/teacher/model}, {name: student-s, role: student, path: runs/$(RUN)/sft/student-s/model}, {name: student-l, role: student, path: runs/$(RUN)/sft/student-l/model}]'
