@@ -21,6 +21,16 @@ sys.path.insert(0, str(ROOT))
 from distill.cascade import evaluate_all  # noqa: E402
 
 MORE = [
+    {"name": "s->l (both)", "rule": "both", "stages": [{"model": "student-s", "budget": 256, "k": 2},
+                                                       {"model": "student-l", "budget": 256}]},
+    {"name": "s->teacher (both)", "rule": "both", "stages": [{"model": "student-s", "budget": 256, "k": 2},
+                                                             {"model": "teacher", "budget": 256}]},
+    {"name": "s->l (all)", "rule": "all", "stages": [{"model": "student-s", "budget": 256, "k": 2},
+                                                     {"model": "student-l", "budget": 256}]},
+    {"name": "s->teacher (all)", "rule": "all", "stages": [{"model": "student-s", "budget": 256, "k": 2},
+                                                           {"model": "teacher", "budget": 256}]},
+    {"name": "l@64->l@256 (all)", "rule": "all", "stages": [{"model": "student-l", "budget": 64},
+                                                            {"model": "student-l", "budget": 256}]},
     {"name": "s->l (1 sample)", "stages": [{"model": "student-s", "budget": 256}, {"model": "student-l", "budget": 256}]},
     {"name": "l x2 -> teacher", "stages": [{"model": "student-l", "budget": 256, "k": 2},
                                            {"model": "teacher", "budget": 256}]},

@@ -6,8 +6,10 @@ A stage escalates when (each signal from the stage's own output, thresholds per 
 - `min_agreement`: the majority answer's share of the k samples is below it (self-consistency; 0: never)
 - `max_thinking`: the longest thinking is over it, in tokens; a thinking the budget cut counts as budget + 1,
   so max_thinking = budget escalates exactly the cut ones (None: never)
-A low log-probability of the answer is not a signal here: the backends' primitive does not return
-log-probabilities.
+- `min_logprob`: the least sure sample's answer has a mean token log-probability under it (the model's own
+  distribution, before temperature; eval's `answer_logprob`: the transformers and vllm backends give it)
+`rule` picks which signals the thresholds are calibrated on: agreement, thinking, logprob, both (agreement and
+thinking: the default), all.
 
 `escalates()` is the rule, used by `eval` (replaying its own samples: every model at every budget was
 generated, so a cascade's stages are exactly what a live cascade would produce) and by `distill serve`'s
@@ -45,11 +47,19 @@ def longest(thinking: list[int], cut: list[bool], budget: int) -> int:
     return max(budget + 1 if c else t for t, c in zip(thinking, cut))
 
 
+def least_sure(logprobs: list[float | None]) -> float:
+    """The lowest mean answer log-probability of a stage's samples (a sample without one: -inf)."""
+    return min(float("-inf") if lp is None else lp for lp in logprobs)
+
+
 def escalates(answers: list, thinking: list[int], cut: list[bool], budget: int, min_agreement: float = 0.0,
-              max_thinking: int | None = None) -> bool:
+              max_thinking: int | None = None, logprobs: list[float | None] | None = None,
+              min_logprob: float | None = None) -> bool:
     """The rule: the k samples of one stage (their extracted answers, thinking lengths, whether the budget
-    cut each thinking) send the problem on to the next stage."""
+    cut each thinking, their answers' mean token log-probabilities) send the problem on to the next stage."""
     if majority(answers)[1] < min_agreement:
+        return True
+    if min_logprob is not None and least_sure(logprobs or [None]) < min_logprob:
         return True
     return max_thinking is not None and longest(thinking, cut, budget) > max_thinking
 
@@ -65,7 +75,7 @@ def index(samples: list[dict]) -> dict[tuple, list[dict]]:
 def replay(by_key: dict, problems: list[str], stages: list[Stage], thresholds: list[dict],
            s_per_token: dict[str, float], price_per_hour: float) -> dict:
     """Accuracy, cost per correct answer and the share of problems each stage answered, over `problems`.
-    thresholds[i]: stage i's {min_agreement, max_thinking} (the last stage's are not used)."""
+    thresholds[i]: stage i's {min_agreement, max_thinking[, min_logprob]} (the last stage's are not used)."""
     answered, correct, seconds = Counter(), 0, 0.0
     for pid in problems:
         for i, st in enumerate(stages):
@@ -77,7 +87,7 @@ def replay(by_key: dict, problems: list[str], stages: list[Stage], thresholds: l
             answers = [r.get("extracted") for r in rows]
             if i == len(stages) - 1 or not escalates(
                     answers, [r["thinking_tokens"] for r in rows], [not r["within_budget"] for r in rows],
-                    st.budget, **thresholds[i]):
+                    st.budget, logprobs=[r.get("answer_logprob") for r in rows], **thresholds[i]):
                 answered[i] += 1
                 correct += bool(rows[majority(answers)[0]]["correct"])
                 break
@@ -108,16 +118,26 @@ def split(samples: list[dict], share: float) -> tuple[list[str], list[str]]:
 
 
 def _candidates(by_key: dict, problems: list[str], st: Stage, rule: str) -> list[dict]:
-    """Every threshold setting worth trying for one stage: agreement levels its k samples can take, and the
-    thinking lengths it produced on the calibration problems (deciles, the budget, never)."""
-    agree = [0.0] + [j / st.k for j in range(2, st.k + 1)] if rule in ("agreement", "both") else [0.0]
+    """Every threshold setting worth trying for one stage: agreement levels its k samples can take, the
+    thinking lengths it produced on the calibration problems (deciles, the budget, never) and, for the
+    logprob rule, its answers' least mean log-probabilities there (deciles, never)."""
+    agree = [0.0] + [j / st.k for j in range(2, st.k + 1)] if rule in ("agreement", "both", "all") else [0.0]
+    stage_rows = [by_key[(st.model, st.budget, p)][:st.k] for p in problems]
     lengths = sorted(longest([r["thinking_tokens"] for r in rows], [not r["within_budget"] for r in rows], st.budget)
-                     for rows in (by_key[(st.model, st.budget, p)][:st.k] for p in problems))
+                     for rows in stage_rows)
     think: list[int | None] = [None]
-    if rule in ("thinking", "both"):
+    if rule in ("thinking", "both", "all"):
         think += sorted({min(lengths[int(q * (len(lengths) - 1) / 10)], st.budget) for q in range(10)}
                         | {st.budget})
-    return [{"min_agreement": a, "max_thinking": t} for a in agree for t in think]
+    sure: list[float | None] = [None]
+    if rule in ("logprob", "all"):
+        if any(r.get("answer_logprob") is None for rows in stage_rows for r in rows):
+            raise ValueError(f"rule {rule}: {st.model}'s samples have no answer log-probabilities (its backend "
+                             "gives none: transformers and vllm do)")
+        least = sorted(least_sure([r["answer_logprob"] for r in rows]) for rows in stage_rows)
+        sure += sorted({least[int(q * (len(least) - 1) / 10)] for q in range(1, 10)})
+    return [{"min_agreement": a, "max_thinking": t} | ({"min_logprob": lp} if lp is not None else {})
+            for a in agree for t in think for lp in sure]
 
 
 def _pareto(points: list[tuple[dict, list]]) -> list[tuple[dict, list]]:

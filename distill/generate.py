@@ -66,7 +66,7 @@ def think_and_answer(backend, prompts: list[list[int]], *, max_thinking: int, ma
     closed = [i for i, g in enumerate(think) if g.stopped and g.ids[-1] == close]
     answers = backend.generate([prompts[i] + think[i].ids for i in closed], max_answer, [eos],
                                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + 7919,
-                               desc=f"{desc} answer")
+                               desc=f"{desc} answer", logprobs=True)  # the answer's confidence: cascades' signal
     by_index = dict(zip(closed, answers))
     return [(think[i], by_index.get(i)) for i in range(len(prompts))]
 
@@ -98,7 +98,7 @@ def forced_answers(backend, prompts: list[list[int]], thinking: list[list[int]],
     close, eos = stop_tokens(backend.tok)
     suffix = backend.tok(f"{THINK_CLOSE}\n{cue}", add_special_tokens=False).input_ids
     return backend.generate([p + t + suffix for p, t in zip(prompts, thinking)], max_answer, [eos],
-                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, desc=desc)
+                            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, desc=desc, logprobs=True)
 
 
 def decode(tok, ids: list[int]) -> str:

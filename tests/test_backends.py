@@ -128,6 +128,10 @@ def test_vllm_offline_agrees_with_transformers_and_writes_the_same_traces(built,
     got = tmp_path / "vl" / "eval"
     assert _agreement(_samples(ref), _samples(got)) >= 0.95
     assert json.loads((got / "results.json").read_text())["models"][0]["backend"]["backend"] == "vllm"
+    # the answers' log-probabilities (the model's own, a cascade's signal): the same answer, the same number
+    a, b = _samples(ref), _samples(got)
+    same = [(a[k]["answer_logprob"], b[k]["answer_logprob"]) for k in a if a[k]["answer"] == b[k]["answer"]]
+    assert len(same) >= 0.9 * len(a) and all(x <= 0 and abs(x - y) < 0.01 for x, y in same), same[:5]
 
     # 160 seeded samples at temperature 0.8: enough prompt tokens in one engine step that a chunked prefill
     # would be split (which crashed vLLM 0.32's CPU runner until chunked prefill was turned off)

@@ -86,3 +86,24 @@ def test_thresholds_are_picked_on_calibration_problems_and_reported_on_the_other
     assert c["relative_cost"] == pytest.approx((5 * 0.7 + 5 * (4.2 + 32)) / (10 * 32))
     assert {s["model"] for s in out["singles"]} == {"s", "l"} and out["cheapest_single"]["model"] == "l"
     assert c["frontier"][0]["accuracy"] <= c["frontier"][-1]["accuracy"]
+
+
+def test_a_low_answer_log_probability_escalates_and_is_calibrated():
+    assert escalates(["1"], [5], [False], 64, logprobs=[-2.0], min_logprob=-1.0)
+    assert not escalates(["1", "1"], [5, 5], [False, False], 64, logprobs=[-0.1, -0.5], min_logprob=-1.0)
+    assert escalates(["1", "1"], [5, 5], [False, False], 64, logprobs=[-0.1, None], min_logprob=-1.0)  # no signal
+    # the small model is sure (log-prob near 0) where it is right, unsure where it is wrong: rule logprob finds it
+    rows = []
+    for i in range(40):
+        right = i % 4 != 0
+        rows.append(_row("s", 64, f"p{i}", 0, "1" if right else "2", right, level=i % 2) |
+                    {"answer_logprob": -0.05 if right else -2.5})
+        rows.append(_row("l", 64, f"p{i}", 0, "1", True, tokens=100, level=i % 2) | {"answer_logprob": -0.01})
+    res = {"budgets": [64], "models": [{"name": n, "cost": {"tokens_per_s": t, "price_per_hour": 1.0}}
+                                       for n, t in (("s", 10.0), ("l", 1.0))]}
+    spec = {"name": "s->l", "stages": [{"model": "s", "budget": 64}, {"model": "l", "budget": 64}], "rule": "logprob"}
+    c = evaluate_all([spec], res, rows)["cascades"][0]
+    assert c["test"]["accuracy"] == 1.0 and c["test"]["answered"][0] == pytest.approx(0.75, abs=0.1)
+    assert -2.5 < c["thresholds"][0]["min_logprob"] <= -0.05 and c["relative_cost"] < 0.7
+    with pytest.raises(ValueError, match="no answer log-probabilities"):
+        evaluate_all([spec], res, [r | {"answer_logprob": None} for r in rows])

@@ -92,3 +92,12 @@ def test_auto_without_a_cascade_is_refused(built, trained, tmp_path):
                                                "budgets": [{"budget": 8, "accuracy": 0.5}]}]}))
     proc = distill("serve", f"model={small}", f"results={results}", "cascade=nope", "port=0", check=False)
     assert proc.returncode == 2 and "has no cascade 'nope' (has: none" in proc.stderr, proc.stderr
+    # a stage on another server escalating on its answer's log-probability: the openai backend gives none
+    res = json.loads(results.read_text()) | {"cascades": {"cascades": [{
+        "name": "c", "stages": [{"model": "small", "budget": 8, "k": 1}, {"model": "small", "budget": 8, "k": 1}],
+        "thresholds": [{"min_agreement": 0.0, "max_thinking": None, "min_logprob": -0.5}]}]}}
+    results.write_text(json.dumps(res))
+    proc = distill("serve", f"model={small}", f"results={results}", "cascade=c", "endpoints={small: http://127.0.0.1:9/v1}",
+                   "port=0", check=False)
+    assert proc.returncode == 2 and "does not give" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, \
+        proc.stderr

@@ -101,3 +101,20 @@ def test_eval_reports_acceptance_and_speedup(built, models, tmp_path):
     with pytest.raises(UserError, match="draft"):
         make(ev.EvalConfig, models=[{"name": "t", "role": "teacher", "path": str(teacher), "draft": str(draft),
                                "backend": "vllm"}])
+
+
+def test_logprobs_are_the_models_own_and_change_no_token(built, models):
+    """generate(..., logprobs=True): the same tokens as without, and each sample's mean log-probability is the
+    model's own, recomputed here by one forward pass over prompt + generated tokens (no padding)."""
+    import torch
+
+    b = T.load(str(models[0]), settings={}, fallbacks=None, batch_size=8)
+    prompts, stop = _prompts(built, b.tok), list(G.stop_tokens(b.tok))
+    kw = {"temperature": 0.7, "top_p": 0.8, "seed": 3}
+    plain, scored = b.generate(prompts, 24, stop, **kw), b.generate(prompts, 24, stop, logprobs=True, **kw)
+    assert [g.ids for g in plain] == [g.ids for g in scored] and all(g.logprob is None for g in plain)
+    for p, g in zip(prompts, scored):
+        with torch.inference_mode():
+            logits = b.model(torch.tensor([p + g.ids])).logits[0, len(p) - 1:-1].float()
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(g.ids)[:, None]).mean().item()
+        assert g.logprob == pytest.approx(want, abs=1e-4)

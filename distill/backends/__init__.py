@@ -10,6 +10,8 @@ seeds) are written once, in distill/generate.py, and used by `traces` and `eval`
 
 A backend object has `tok` (the Hugging Face tokenizer the prompts are built with), `name`, `params`
 (parameter count, or None when unknown), `info` (what the manifest records), `generate(...)` and `close()`.
+`generate(..., logprobs=True)` also returns each sample's mean token log-probability (`Gen.logprob`) where the
+backend has it: transformers and vllm.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class Gen:
     stopped: bool  # a stop token ended it (else the token limit did)
     seconds: float  # its latency: wall time of the batch or request it ran in
     waits: int = 0  # times budget forcing replaced an early `</think>` with the wait word
+    # with generate(..., logprobs=True): the mean log-probability of its tokens under the model's own
+    # distribution (before temperature and top-p); None where the backend gives none (openai, llama_cpp)
+    logprob: float | None = None
 
 
 def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: str = "",

@@ -33,7 +33,8 @@ class LlamaCppBackend:
                      "file_mb": round(path.stat().st_size / 1e6, 3), "settings": settings}
 
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
-                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
+                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0, logprobs: bool = False) -> list[Gen]:
+        # `logprobs`: this backend returns none (Gen.logprob stays None)
         from tqdm.auto import tqdm
 
         stop_set, out = set(stop), []

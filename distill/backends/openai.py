@@ -102,7 +102,8 @@ class OpenAIBackend:
 
     # ---- the primitive: continue token-id prompts
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
-                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
+                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0, logprobs: bool = False) -> list[Gen]:
+        # `logprobs`: this backend returns none (Gen.logprob stays None)
         if self.s.api == "chat":
             raise UserError("openai backend with api=chat cannot continue a raw prompt, so budget forcing is "
                             "unavailable; use a /v1/completions server (api: completions)")

@@ -65,10 +65,10 @@ class TransformersBackend:
         return res
 
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
-                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
+                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0, logprobs: bool = False) -> list[Gen]:
         import torch
         from tqdm.auto import tqdm
-        from transformers import GenerationConfig, StaticCache
+        from transformers import GenerationConfig, LogitsProcessorList, StaticCache
 
         tok = self.tok
         # top_k 0 = off, as in the other backends (GenerationConfig's own default is 50)
@@ -94,6 +94,9 @@ class TransformersBackend:
             # long as the longest earlier call's (to spare torch.compile recompiles, none here)
             cache = {"cache": StaticCache(config=self.model.config.get_text_config(decoder=True),
                                           max_cache_len=width + max_new)} if cpu else {}
+            # first in the list: it sees the model's logits before any warper (assisted generation: none)
+            rec = _Logprobs() if logprobs and self.draft is None else None
+            procs = LogitsProcessorList(([rec] if rec else []) + list(warpers or [])) or None
             started = time.perf_counter()
             with torch.inference_mode():
                 if self.draft is not None:
@@ -101,16 +104,45 @@ class TransformersBackend:
                 else:
                     res = self.model.generate(input_ids=ids.to(self.model.device),
                                               attention_mask=mask.to(self.model.device), generation_config=gen_cfg,
-                                              logits_processor=warpers, **cache)
+                                              logits_processor=procs, **cache)
             seconds = time.perf_counter() - started
+            per_token = rec.per_token(res[:, width:]).tolist() if rec else None
             for row, i in enumerate(idx):
                 gen = res[row, width:].tolist()
                 cut = next((k for k, t in enumerate(gen) if t in stop), None)
-                out[i] = Gen(gen[:cut + 1] if cut is not None else gen, cut is not None, seconds)
+                kept = gen[:cut + 1] if cut is not None else gen
+                lp = per_token[row][:len(kept)] if per_token and kept else None
+                out[i] = Gen(kept, cut is not None, seconds, logprob=sum(lp) / len(lp) if lp else None)
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
         pass
+
+
+class _Logprobs:
+    """A logits processor that changes nothing and records, per row, the log-probability of each generated
+    token under the model's own logits: at every step the previous step's log-softmax is read at the token that
+    step chose (the last column of input_ids), the last step's once generation ends. O(batch x vocab) memory,
+    where `output_logits` would keep every step's. Rows that finished early read pad tokens after their end:
+    the caller keeps only each row's own tokens."""
+
+    def __init__(self):
+        self.prev, self.chosen = None, []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prev is not None:
+            self.chosen.append(self.prev.gather(1, input_ids[:, -1:].to(self.prev.device)).squeeze(1))
+        self.prev = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def per_token(self, generated):
+        """[rows, steps] log-probabilities of `generated` (the generated part of generate's output)."""
+        import torch
+
+        last = self.prev.gather(1, generated[:, -1:].to(self.prev.device)).squeeze(1)
+        return torch.stack(self.chosen + [last], dim=1).cpu()
 
 
 # On CPU two generation settings differ from transformers' defaults; the outputs are the same, token for token.

@@ -31,7 +31,7 @@ class VllmBackend:
         self.info = {"backend": "vllm", "vllm": __import__("vllm").__version__, "settings": settings}
 
     def generate(self, prompts: list[list[int]], max_new: int, stop: list[int], *, temperature: float,
-                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0) -> list[Gen]:
+                 top_p: float, seed: int, desc: str = "generate", top_k: int = 0, logprobs: bool = False) -> list[Gen]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -41,7 +41,7 @@ class VllmBackend:
         # what else is in the batch (seed + position, as the transformers backend seeds per batch)
         params = [SamplingParams(max_tokens=max_new, stop_token_ids=list(stop), temperature=temperature,
                                  top_p=top_p if temperature > 0 else 1.0, top_k=top_k if top_k > 0 else -1,
-                                 seed=seed + i,
+                                 seed=seed + i, logprobs=0 if logprobs else None,  # 0: the chosen token's only
                                  skip_special_tokens=False, detokenize=False) for i in range(len(prompts))]
         started = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
@@ -51,11 +51,13 @@ class VllmBackend:
         for o in outs:
             c = o.outputs[0]
             ids = list(c.token_ids)
+            # vLLM's logprobs are the model's own (logprobs_mode raw_logprobs: before temperature and top-p)
+            lp = [step[t].logprob for t, step in zip(ids, c.logprobs or []) if t in step]
             stopped = c.finish_reason == "stop"
             if stopped and (not ids or ids[-1] not in stop):
                 # the engine may leave the stop id out of token_ids; put it back (which one: stop_reason)
                 ids.append(c.stop_reason if isinstance(c.stop_reason, int) else stop[-1])
-            gens.append(Gen(ids, stopped, seconds))
+            gens.append(Gen(ids, stopped, seconds, logprob=sum(lp) / len(lp) if lp else None))
         return gens
 
     def close(self) -> None:

@@ -78,7 +78,7 @@ class CascadeSpec(TypedDict):
     __pydantic_config__ = ConfigDict(extra="forbid")  # noqa: RUF012
     name: str
     stages: list[StageSpec]
-    rule: NotRequired[Literal["agreement", "thinking", "both"]]  # the signals its thresholds are picked on
+    rule: NotRequired[Literal["agreement", "thinking", "logprob", "both", "all"]]  # the signals its thresholds use
 
 
 @dataclass
@@ -102,7 +102,7 @@ class EvalConfig:
     # warm-up's draft tokens
     warmup: bool = opt(True, "transformers on CPU: an untimed pass first (a first pass runs 10-18% slow)")
     cascades: list[CascadeSpec] = opt(
-        list, "[{name, stages: [{model, budget[, k]}, ...][, rule: agreement|thinking|both]}]: replayed over "
+        list, "[{name, stages: [{model, budget[, k]}, ...][, rule: agreement|thinking|logprob|both|all]}]: replayed over "
               "the samples, thresholds picked on a calibration split (distill/cascade.py)")
     verifier: str = opt("", "a `distill verifier` model: scores every sample at the largest budget for "
                             "best-of-k beside maj@k and pass@k")
@@ -192,6 +192,7 @@ def _score(cfg, name, problems, prompts, results, thinking, natural, forced, tok
                          "sample": k, "budget": b, "thinking_tokens": used, "waits": think.waits,
                          "forced": was_forced, "within_budget": natural[i] and len(thinking[i]) <= b,
                          "answer": text, "answer_tokens": len(gen.ids), "prompt_tokens": len(prompts[i]),
+                         "answer_logprob": None if gen.logprob is None else round(gen.logprob, 5),
                          "latency_s": think.seconds + gen.seconds})
     graded = verify.grade_problems(items, processes=cfg.grade_processes, timeout_s=cfg.grade_timeout)
     for row, (correct, extracted, error) in zip(rows, graded, strict=True):

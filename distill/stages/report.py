@@ -160,6 +160,8 @@ def _cascade_lines(cas: dict | None) -> list[str]:
                             for s in c["stages"])
         thr = "; ".join(", ".join(x for x in (f"agreement < {t['min_agreement']:.2f}" if t["min_agreement"] else "",
                                               f"thinking > {t['max_thinking']}" if t["max_thinking"] is not None
+                                              else "",
+                                              f"answer log-prob < {t['min_logprob']:.3f}" if "min_logprob" in t
                                               else "") if x) or "never" for t in c["thresholds"])
         rel = c["relative_cost"]
         rows.append([c["name"], stages, thr, f"{c['test']['accuracy']:.3f}", "-" if rel is None else f"{rel:.2f}",

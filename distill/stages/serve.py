@@ -103,7 +103,7 @@ def sample_chat(backend, prompts: list[list[int]], *, thinking: int, max_tokens:
         text = G.decode(backend.tok, ans.ids[:room])
         out.append({"thinking": G.decode(backend.tok, think[i]),
                     "answer": text if natural else f"{cue} {text}",  # eval grades forced answers this way
-                    "reasoning_tokens": len(think[i]), "cut": natural is None,
+                    "reasoning_tokens": len(think[i]), "cut": natural is None, "answer_logprob": ans.logprob,
                     "completion_tokens": len(think[i]) + len(ans.ids[:room]),
                     "finish_reason": "stop" if ans.stopped and len(ans.ids) <= room else "length"})
     return out
@@ -240,8 +240,9 @@ class Server:
             reasoning += sum(o["reasoning_tokens"] for o in outs)
             answers = [verify.extract(o["answer"]) for o in outs]
             last = i == len(stages) - 1
-            if last or not cascade.escalates(answers, [o["reasoning_tokens"] for o in outs],
-                                             [o["cut"] for o in outs], st["budget"], **self.cascade["thresholds"][i]):
+            if last or not cascade.escalates(answers, [o["reasoning_tokens"] for o in outs], [o["cut"] for o in outs],
+                                             st["budget"], logprobs=[o.get("answer_logprob") for o in outs],
+                                             **self.cascade["thresholds"][i]):
                 pick = outs[cascade.majority(answers)[0]]
                 return pick | {"prompt_tokens": len(prompt), "completion_tokens": spent, "reasoning_tokens": reasoning,
                                "cascade": {"stage": i, "model": st["model"], "budget": st["budget"], "k": st["k"],
@@ -347,16 +348,20 @@ def load_server(cfg: ServeConfig) -> Server:
         path = effort.save(folder, effort.calibrate(cfg.results, folder, cfg.eval_name))
         print(f"serve: calibrated reasoning_effort from {cfg.results} -> {path}")
     efforts = effort.load(folder) if local else None
+    found = _find_cascade(cfg) if cfg.cascade else None  # its mistakes before any model loads
     G.set_threads(cfg.engine.threads)
     backend = open_backend(cfg.engine, cfg.model, runs_dir=cfg.runs_dir, run=cfg.run, fallbacks=Fallbacks())
     G.stop_tokens(backend.tok)  # a model without a single </think> token is refused now, not per request
-    return Server(cfg, backend, efforts, key, _cascade(cfg, backend) if cfg.cascade else None)
+    return Server(cfg, backend, efforts, key, _cascade(cfg, backend, *found) if found else None)
 
 
-def _cascade(cfg: ServeConfig, backend) -> dict:
-    """The cascade named `cfg.cascade` in eval's results.json, its stages' models opened: the served model's
-    own backend where a stage is that model, a server through backend openai where `endpoints` names one,
-    else the eval's path through this server's backend."""
+def _no_logprobs(cfg: ServeConfig, model: str, kind: str) -> UserError:
+    return UserError(f"serve: cascade {cfg.cascade!r} escalates on {model}'s answer log-probability, which its "
+                     f"backend ({kind}) does not give: serve that stage with transformers or vllm")
+
+
+def _find_cascade(cfg: ServeConfig) -> tuple[dict, dict]:
+    """(the cascade named `cfg.cascade` in eval's results.json, the eval's model paths by name), checked."""
     res = json.loads(Path(cfg.results).read_text())  # effort.calibrate read it first: it exists and parses
     made = (res.get("cascades") or {}).get("cascades", [])
     found = [c for c in made if c["name"] == cfg.cascade]
@@ -369,9 +374,19 @@ def _cascade(cfg: ServeConfig, backend) -> dict:
     if unknown:
         raise UserError(f"serve: endpoints names {', '.join(unknown)}, not models of {cfg.results} "
                         f"({', '.join(paths)})")
+    for st, thr in zip(found[0]["stages"], found[0]["thresholds"]):
+        if "min_logprob" in thr and st["model"] in cfg.endpoints:
+            raise _no_logprobs(cfg, st["model"], "openai")
+    return found[0], paths
+
+
+def _cascade(cfg: ServeConfig, backend, found: dict, paths: dict) -> dict:
+    """The cascade's stages' models opened: the served model's own backend where a stage is that model, a
+    server through backend openai where `endpoints` names one, else the eval's path through this server's
+    backend."""
     opened: dict[str, int] = {}
     backends, stages = [], []
-    for st in found[0]["stages"]:
+    for st in found["stages"]:
         name = st["model"]
         if name not in opened:
             if name not in cfg.endpoints and Path(paths[name]).resolve() == Path(cfg.model).resolve():
@@ -385,7 +400,11 @@ def _cascade(cfg: ServeConfig, backend) -> dict:
                 backends.append(b)
                 opened[name] = len(backends)
         stages.append(st | {"backend": opened[name]})
-    return {"stages": stages, "thresholds": found[0]["thresholds"] + [{}], "backends": backends}
+    for st, thr in zip(stages, found["thresholds"]):
+        kind = ([backend] + backends)[st["backend"]].name
+        if "min_logprob" in thr and kind not in ("transformers", "vllm"):
+            raise _no_logprobs(cfg, st["model"], kind)
+    return {"stages": stages, "thresholds": found["thresholds"] + [{}], "backends": backends}
 
 
 def run(cfg: ServeConfig) -> Path:
