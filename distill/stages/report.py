@@ -175,8 +175,9 @@ def _cascade_lines(cas: dict | None) -> list[str]:
     c0, cheap = cas["cascades"][0], cas.get("cheapest_single")
     b = c0["best_single"]
     return ["### Adaptive compute: cascades",
-            f"Each problem goes to the first stage and on when that stage's samples disagree or think too long "
-            f"(thresholds picked on {c0['calibration_problems']} problems, reported on the other "
+            f"Each problem goes to the first stage and on when that stage's samples disagree, think too long or are "
+            f"unsure of their answer (a low log-probability; thresholds picked on {c0['calibration_problems']} "
+            f"problems, reported on the other "
             f"{c0['test_problems']}); every stage a problem passed through is paid at its model's measured "
             f"tokens/s. Best single model at B={b['budget']}: {b['model']} ({b['accuracy']:.3f})" +
             (f"; the cheapest single model within {cas['tolerance']:.2f} of it: {cheap['model']} at "
