@@ -104,7 +104,7 @@ CASES = [
       "cascade c: budget 7 is not one of budgets"),
     C("cascade-rule", "eval", ["models=[{name: s, role: student, path: p}]",
                                "cascades=[{name: c, stages: [{model: s, budget: 16}], rule: vote}]"],
-      "cascades[0].rule: Input should be 'agreement', 'thinking' or 'both'"),
+      "cascades[0].rule: Input should be 'agreement', 'thinking', 'logprob', 'both' or 'all'"),
     C("cascade-auto", "serve", ["model=x", "cascade=c"], "cascade needs results="),
     C("verifier-no-model", "verifier", [], "model is required"),
     C("verifier-no-verdicts", "verifier", ["model=x", "verdicts=nowhere.jsonl"], "nowhere.jsonl not found"),
