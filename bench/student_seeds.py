@@ -37,7 +37,8 @@ def main() -> int:
     for k in args.seeds:
         run = f"s{k}"
         common = ["--config", args.student, f"runs_dir={runs}", f"run={run}", f"seed={k}"]
-        subprocess.run([DISTILL, "init", *common], check=True, cwd=ROOT, capture_output=True)
+        subprocess.run([DISTILL, "init", *common, f"tokenizer={data}/tokenizer"], check=True, cwd=ROOT,
+                       capture_output=True)
         subprocess.run([DISTILL, "sft", *common, f"model={runs}/{run}/init/{name}",
                         f"data={data}/filter/teacher/train.jsonl", *args.overrides], check=True, cwd=ROOT,
                        capture_output=True)
