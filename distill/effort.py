@@ -19,6 +19,12 @@ FILE = "reasoning_effort.json"
 SHARES = {"low": 0.75, "medium": 0.90, "high": 1.0}
 
 
+def shares_text() -> str:
+    """"75% (low), 90% (medium) and 100% (high)": what the report and a model card say of SHARES."""
+    parts = [f"{s:.0%} ({level})" for level, s in SHARES.items()]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def calibrate(results: str | Path, model: str, name: str = "") -> dict:
     """The efforts of one model of an eval results.json: the entry named `name`, else the one whose path is
     `model` (compared resolved, relative to the current directory as eval wrote them)."""

@@ -33,6 +33,11 @@ class Gen:
     logprob: float | None = None
 
 
+def mean_logprob(per_token: list[float] | None) -> float | None:
+    """Gen.logprob from a sample's per-token log-probabilities (None when there are none)."""
+    return sum(per_token) / len(per_token) if per_token else None
+
+
 def load(kind: str, model: str, *, settings: dict, fallbacks, runs_dir: str = "runs", run: str = "",
          dtype: str = "auto", attn: str = "sdpa", batch_size: int = 64):
     """Open a backend on `model` (a path or Hub id; for `openai`, where the tokenizer comes from).

@@ -17,7 +17,7 @@ import logging
 import time
 
 from distill.artifacts import UserError
-from distill.backends import Gen, check_local_dir, loaded, policy, tokenizer_kwargs
+from distill.backends import Gen, check_local_dir, loaded, mean_logprob, policy, tokenizer_kwargs
 
 
 class TransformersBackend:
@@ -112,7 +112,7 @@ class TransformersBackend:
                 cut = next((k for k, t in enumerate(gen) if t in stop), None)
                 kept = gen[:cut + 1] if cut is not None else gen
                 lp = per_token[row][:len(kept)] if per_token and kept else None
-                out[i] = Gen(kept, cut is not None, seconds, logprob=sum(lp) / len(lp) if lp else None)
+                out[i] = Gen(kept, cut is not None, seconds, logprob=mean_logprob(lp))
         return out  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from distill.artifacts import UserError
-from distill.backends import POLICY_KEYS, Gen, check_local_dir, count_params, policy, tokenizer_kwargs
+from distill.backends import POLICY_KEYS, Gen, check_local_dir, count_params, mean_logprob, policy, tokenizer_kwargs
 from distill.backends.transformers import prepare_tokenizer
 
 # vLLM's CPU attention kernels take only these head sizes (get_supported_head_sizes of its CPU backend)
@@ -57,7 +57,7 @@ class VllmBackend:
             if stopped and (not ids or ids[-1] not in stop):
                 # the engine may leave the stop id out of token_ids; put it back (which one: stop_reason)
                 ids.append(c.stop_reason if isinstance(c.stop_reason, int) else stop[-1])
-            gens.append(Gen(ids, stopped, seconds, logprob=sum(lp) / len(lp) if lp else None))
+            gens.append(Gen(ids, stopped, seconds, logprob=mean_logprob(lp)))
         return gens
 
     def close(self) -> None:

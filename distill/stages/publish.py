@@ -179,7 +179,7 @@ def _size(p: int) -> str:
     return f"{p / 1e9:.1f}B" if p >= 1e9 else f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.0f}k"
 
 
-def _model_card(cfg: PublishConfig, inp: dict, effort: dict, bench: tuple[str, str]) -> str:
+def _model_card(cfg: PublishConfig, inp: dict, efforts: dict, bench: tuple[str, str]) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     m, res, teacher = inp["entry"], inp["res"], inp["teacher"]
@@ -232,9 +232,9 @@ def _model_card(cfg: PublishConfig, inp: dict, effort: dict, bench: tuple[str, s
         "![accuracy vs thinking budget](accuracy_vs_thinking.png)", "",
         "## Reasoning effort", "",
         "`reasoning_effort.json` maps an effort to a thinking budget, from the curve above: the smallest "
-        "budget reaching 75% (low), 90% (medium) and 100% (high) of the best accuracy.", "",
+        f"budget reaching {effort.shares_text()} of the best accuracy.", "",
         *_table(["effort", "thinking budget", "accuracy"],
-                [[k, v, f"{by_b[v]:.3f}"] for k, v in effort.items()]), "",
+                [[k, v, f"{by_b[v]:.3f}"] for k, v in efforts.items()]), "",
         "## Serving cost", "",
         f"Measured in the same eval run ({m.get('backend', {}).get('backend', '?')} on "
         f"{m.get('backend', {}).get('device', '?')}, batched); FLOPs per problem = 2 × params × tokens; "

@@ -141,9 +141,8 @@ def _effort_lines(models: list[dict]) -> list[str]:
             cells.append(f"B={b} ({at[b]['accuracy']:.3f}, {at[b]['mean_thinking_tokens']:.0f}, "
                          f"{'-' if cost is None else f'{cost:.2e}'})")
         rows.append([m["name"], *cells])
-    shares = " / ".join(f"{s:.0%}" for s in effort.SHARES.values())
     return ["Reasoning effort as `distill serve` calibrates it from these curves (the smallest budget reaching "
-            f"{shares} of the model's best accuracy): budget (accuracy, mean thinking tokens, $ per correct). Levels "
+            f"{effort.shares_text()} of the model's best accuracy): budget (accuracy, mean thinking tokens, $ per correct). Levels "
             "that share a budget mean the curve rises too steeply between the budgets evaluated, or still at the "
             "largest:", "",
             *_table(["model", "low", "medium", "high"], rows), ""]

@@ -16,14 +16,14 @@ config.yaml}.
 
 from __future__ import annotations
 
-import hashlib
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill import capabilities as caps
-from distill import reward, training
+from distill import reward, tasks, training
 from distill.artifacts import Fallbacks, UserError, finish, read_jsonl, stage_dir, staging
 from distill.config import NonNeg, Pos, PosFloat, Share, opt
 
@@ -55,10 +55,6 @@ class VerifierConfig:
                              "runs/demo/sft/teacher/model)")
 
 
-def _held(pid: str, share: float) -> bool:
-    return int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
-
-
 def pairs(samples: list[dict], cfg: VerifierConfig) -> tuple[list[tuple[dict, dict]], list[tuple[dict, dict]]]:
     """(train, held-out) pairs of (correct, wrong) samples; each sample has problem_id, task, correct."""
     rng = random.Random(cfg.seed)
@@ -73,7 +69,7 @@ def pairs(samples: list[dict], cfg: VerifierConfig) -> tuple[list[tuple[dict, di
     for pid, rows in by_problem.items():
         right = [s for s in rows if s["correct"]]
         wrong = [s for s in rows if not s["correct"]]
-        out = held if _held(pid, cfg.held_out) else train
+        out = held if tasks.split_of(pid, cfg.held_out) == "eval" else train  # by a hash of the id
         out += [(c, w) for c in right for w in wrong][:cfg.per_problem]
         for w in wrong:
             others = [s for s in right_by_task.get(str(w.get("task")), []) if s["problem_id"] != pid]
@@ -145,8 +141,6 @@ def run(cfg: VerifierConfig) -> Path:
             tok.padding_side = "left"
             scores = reward.score(model, tok, [t for c, w in held for t in (c["text"], w["text"])])
             ordered = sum(a > b for a, b in zip(scores[::2], scores[1::2])) / len(held)
-        import shutil
-
         shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
         trainer.save_model(str(tmp / "model"))
         tok.save_pretrained(tmp / "model")
