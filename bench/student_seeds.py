@@ -3,7 +3,7 @@ problems) fixed, the student trained from several init-and-order seeds and evalu
 and recall per seed, so the data's share of the demo's spread (bench/demo_seeds.py moves both) is what is left.
 
     .venv/bin/python bench/student_seeds.py [--run demo] [--student students/demo-s.yaml] [--seeds 0 1 2 3 4]
-        [--budget 256] [override=value ...]   # e.g. lr=6e-3: the same seeds with another setting
+        [--budget 256] [--init arch='{...}'] [override=value ...]   # e.g. lr=6e-3: the same seeds with another setting
 
 Outputs under runs/student-seeds/<tag>/s<k>/ (tag: the student's name and the overrides); prints a table.
 """
@@ -28,16 +28,17 @@ def main() -> int:
     ap.add_argument("--student", default="students/demo-s.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget", type=int, default=256)
+    ap.add_argument("--init", action="append", default=[], help="init settings for every seed (key=value), e.g. arch='{...}'")
     ap.add_argument("overrides", nargs="*", help="sft settings for every seed (key=value)")
     args = ap.parse_args()
     name = Path(args.student).stem.replace("demo-", "student-")
-    tag = re.sub(r"[^\w.=-]", "_", "_".join([name, *args.overrides]))
+    tag = re.sub(r"[^\w.=-]", "_", "_".join([name, *args.init, *args.overrides]))[:120]
     runs, data = ROOT / "runs" / "student-seeds" / tag, ROOT / "runs" / args.run
     rows = []
     for k in args.seeds:
         run = f"s{k}"
         common = ["--config", args.student, f"runs_dir={runs}", f"run={run}", f"seed={k}"]
-        subprocess.run([DISTILL, "init", *common, f"tokenizer={data}/tokenizer"], check=True, cwd=ROOT,
+        subprocess.run([DISTILL, "init", *common, f"tokenizer={data}/tokenizer", *args.init], check=True, cwd=ROOT,
                        capture_output=True)
         subprocess.run([DISTILL, "sft", *common, f"model={runs}/{run}/init/{name}",
                         f"data={data}/filter/teacher/train.jsonl", *args.overrides], check=True, cwd=ROOT,
