@@ -47,7 +47,7 @@ def main() -> int:
         subprocess.run([DISTILL, "eval", "--config", "eval/demo.yaml", f"runs_dir={runs}", f"run={run}",
                         f"seed={k}", f"problems={data}/problems/eval.jsonl", f"budgets=[{args.budget}]",
                         "cascades=[]", f"models={json.dumps(models)}"], check=True, cwd=ROOT, capture_output=True)
-        samples = [json.loads(x) for x in open(runs / run / "eval" / "samples.jsonl")]
+        samples = [json.loads(x) for x in (runs / run / "eval" / "samples.jsonl").read_text().splitlines()]
         acc = {t: statistics.mean(r["correct"] for r in samples if r["task"] == t)
                for t in sorted({r["task"] for r in samples})}
         rows.append((k, statistics.mean(r["correct"] for r in samples), acc))
