@@ -32,7 +32,8 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*", help="sft settings for every seed (key=value)")
     args = ap.parse_args()
     name = Path(args.student).stem.replace("demo-", "student-")
-    tag = re.sub(r"[^\w.=-]", "_", "_".join([name, *args.init, *args.overrides]))[:120]
+    other = [args.run] if args.run != "demo" else []  # another run's data: its own folder
+    tag = re.sub(r"[^\w.=-]", "_", "_".join([name, *other, *args.init, *args.overrides]))[:120]
     runs, data = ROOT / "runs" / "student-seeds" / tag, ROOT / "runs" / args.run
     rows = []
     for k in args.seeds:
