@@ -17,7 +17,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from distill import tasks
+from distill import reward, tasks
 
 
 def lookups(path: str) -> dict[tuple[int, str], float]:
@@ -32,11 +32,7 @@ def lookups(path: str) -> dict[tuple[int, str], float]:
                 meta = {"x": x, "ops": [c, d], "rounds": 1}
                 p = {"task": "recall", "problem": f"1 {x}{c}=?{d}=?\n0 ?{c}=?{d}=?",
                      "answer": str(tasks._recall_end(meta)), "meta": meta}
-                thinking, answer = tasks.reference_solution(p)
-                text = tok.apply_chat_template([{"role": "user", "content": p["problem"]},
-                                                {"role": "assistant",
-                                                 "content": f"<think>\n{thinking}\n</think>\n{answer}"}],
-                                               tokenize=False)
+                text = reward.text(tok, p["problem"], *tasks.reference_solution(p))  # as SFT saw it
                 key = f"<think>\n1 {x}{c}="
                 texts.append(text)
                 keys.append((x, c))
@@ -47,7 +43,7 @@ def lookups(path: str) -> dict[tuple[int, str], float]:
     hits: dict[tuple[int, str], list[bool]] = {}
     for row, (key, at) in enumerate(zip(keys, ats)):
         offsets = enc["offset_mapping"][row].tolist()
-        i = next(j for j, (a, b) in enumerate(offsets) if a <= at < b and b > a)
+        i = next(j for j, (a, b) in enumerate(offsets) if a <= at < b)
         guess = tok.decode([int(logits[row, i - 1].argmax())]).strip()
         hits.setdefault(key, []).append(guess == str(tasks.TABLE[key[1]][key[0]]))
     return {k: sum(v) / len(v) for k, v in hits.items()}

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill import tasks  # noqa: E402
+from distill.reward import assistant_text  # noqa: E402
 
 WEIGHTS = (0.40, 0.25, 0.17, 0.11, 0.07)
 LINE = re.compile(r"^(\d+) (\d)([a-z])=(\d)([a-z])=(\d)$")
@@ -45,9 +46,9 @@ def _skewed(split: str, n: int) -> list[dict]:
 
 
 def _chat(p: dict) -> str:
-    thinking, answer = tasks.reference_solution(p)
+    """A training row as `filter` writes it."""
     return json.dumps({"messages": [{"role": "user", "content": p["problem"]},
-                                    {"role": "assistant", "content": f"<think>\n{thinking}\n</think>\n{answer}"}]})
+                                    {"role": "assistant", "content": assistant_text(*tasks.reference_solution(p))}]})
 
 
 def main() -> int:
